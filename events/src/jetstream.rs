@@ -302,3 +302,106 @@ impl EventLog for JetStreamLog {
             .boxed())
     }
 }
+
+/// A folded state saved with the stream sequence it reflects and the schema that wrote it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot<T> {
+    pub schema: u32,
+    pub seq: u64,
+    pub state: T,
+}
+
+/// Snapshots of folded states in the JetStream object store `OM_SNAP_<cluster>`, one object
+/// per reader (`projector`, `node-<name>`), so a cold start replays only the tail.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    store: jetstream::object_store::ObjectStore,
+}
+
+impl SnapshotStore {
+    pub async fn open(js: &jetstream::Context, subjects: &Subjects) -> Result<Self, LogError> {
+        let bucket = format!("OM_SNAP_{}", subjects.cluster);
+        let store = match js.get_object_store(&bucket).await {
+            Ok(s) => s,
+            Err(_) => js
+                .create_object_store(jetstream::object_store::Config {
+                    bucket: bucket.clone(),
+                    description: Some("folded-state snapshots of the om readers".into()),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable)?,
+        };
+        Ok(SnapshotStore { store })
+    }
+
+    /// Saves `state` at `seq` under `name`.
+    pub async fn save<T: serde::Serialize>(
+        &self,
+        name: &str,
+        seq: u64,
+        state: &T,
+    ) -> Result<usize, LogError> {
+        let snap = Snapshot {
+            schema: crate::SCHEMA_VERSION,
+            seq,
+            state,
+        };
+        let bytes = crate::query::encode(&snap);
+        let len = bytes.len();
+        self.store
+            .put(name, &mut bytes.as_slice())
+            .await
+            .map_err(|e| LogError::Other(format!("save snapshot {name}: {e}")))?;
+        Ok(len)
+    }
+
+    /// Loads the snapshot `name`; `Ok(None)` when there is none, or when it was written by
+    /// another schema version (the caller then replays from the start).
+    pub async fn load<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        name: &str,
+    ) -> Result<Option<Snapshot<T>>, LogError> {
+        use tokio::io::AsyncReadExt;
+        let mut obj = match self.store.get(name).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(LogError::Other(format!("load snapshot {name}: {e}"))),
+        };
+        let mut bytes = Vec::new();
+        obj.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| LogError::Other(format!("read snapshot {name}: {e}")))?;
+        #[derive(serde::Deserialize)]
+        struct Head {
+            schema: u32,
+        }
+        let head: Head = match crate::query::decode::<ciborium::Value>(&bytes)
+            .and_then(|v| v.deserialized().map_err(|e| e.to_string()))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("snapshot {name} unreadable ({e}), ignored");
+                return Ok(None);
+            }
+        };
+        if head.schema != crate::SCHEMA_VERSION {
+            tracing::warn!(
+                "snapshot {name} was written by schema {}, this is {}: ignored, replaying",
+                head.schema,
+                crate::SCHEMA_VERSION
+            );
+            return Ok(None);
+        }
+        match crate::query::decode::<Snapshot<T>>(&bytes) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                tracing::warn!("snapshot {name} unreadable ({e}), ignored");
+                Ok(None)
+            }
+        }
+    }
+}

@@ -18,6 +18,7 @@
 //! - [`validate`]: keyword values and whole-configuration checks.
 //! - [`decide`]: the decisions that turn a command into changes.
 //! - [`view`]: read views (network status, leases) computed from the state.
+//! - [`query`]: the queries the projector answers, as pure functions of the state.
 //! - [`timefmt`]: RFC 3339 formatting and parsing of millisecond timestamps.
 //! - [`log`]: the event-log port, the in-memory log and the command runner with retries.
 //! - `jetstream` (feature): the JetStream event log.
@@ -29,6 +30,7 @@ pub mod event;
 pub mod keyword;
 pub mod log;
 pub mod network;
+pub mod query;
 pub mod segment;
 pub mod state;
 pub mod subjects;

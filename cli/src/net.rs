@@ -1,0 +1,127 @@
+//! `om network|net ls|status`.
+
+use crate::ctx::{print_json, Ctx, Failure};
+use crate::render::{forest, Node};
+use crate::Format;
+use clap::Subcommand;
+use om_events::query::{Answer, Query};
+use om_events::view::NetworkStatus;
+
+#[derive(Subcommand, Debug)]
+pub enum NetCmd {
+    /// List network names, one per line (node-scoped ones as NAME@NODE).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// The view of one node (its node-scoped networks included, by plain name).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Networks with their size, used and free addresses.
+    Status {
+        /// Also list each node's segment, gateway and applied sequence, and every address in use.
+        #[arg(long, short)]
+        verbose: bool,
+        /// Only this network.
+        #[arg(long)]
+        name: Option<String>,
+        /// The view of one node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+pub async fn run(ctx: &Ctx, cmd: NetCmd) -> Result<(), Failure> {
+    match cmd {
+        NetCmd::Ls { node } => {
+            let nets = status(ctx, node, None).await?;
+            if ctx.format == Format::Json {
+                print_json(&nets.iter().map(|n| &n.name).collect::<Vec<_>>());
+            } else {
+                for n in &nets {
+                    println!("{}", n.name);
+                }
+            }
+            Ok(())
+        }
+        NetCmd::Status {
+            verbose,
+            name,
+            node,
+        } => {
+            let nets = status(ctx, node, name.clone()).await?;
+            if let (Some(n), true) = (&name, nets.is_empty()) {
+                return Err(Failure::input(format!("network {n} does not exist")));
+            }
+            if ctx.format == Format::Json {
+                print_json(&nets);
+            } else {
+                print!("{}", render_status(&nets, verbose));
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn status(
+    ctx: &Ctx,
+    node: Option<String>,
+    name: Option<String>,
+) -> Result<Vec<NetworkStatus>, Failure> {
+    match ctx.read(Query::Status { node, name }).await? {
+        Answer::Status { networks } => Ok(networks),
+        Answer::Error { message } => Err(Failure::input(message)),
+        other => Err(Failure::runtime(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// The seed's table: `name type network size used free pct`, one row per network; verbose
+/// adds per-node rows (segment, gateway, applied sequence, errors) and per-address rows.
+pub fn render_status(nets: &[NetworkStatus], verbose: bool) -> String {
+    let mut root = Node::new(["name", "type", "network", "size", "used", "free", "pct"]);
+    for n in nets {
+        let mut row = Node::new([
+            n.name.clone(),
+            n.ntype.clone(),
+            n.network.clone(),
+            n.size.to_string(),
+            n.used.to_string(),
+            n.free.to_string(),
+            format!("{:.2}%", n.pct),
+        ]);
+        if verbose {
+            if !n.nodes.is_empty() && n.ntype != "loopback" {
+                let mut head = Node::new(["node", "segment", "gateway", "applied", "errors"]);
+                for r in &n.nodes {
+                    head.children.push(Node::new([
+                        r.node.clone(),
+                        r.segment.clone().unwrap_or_else(|| "-".into()),
+                        r.gateway.clone().unwrap_or_else(|| "-".into()),
+                        r.applied_seq
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        if r.errors.is_empty() {
+                            "-".into()
+                        } else {
+                            r.errors.join("; ")
+                        },
+                    ]));
+                }
+                row.children.push(head);
+            }
+            if !n.ips.is_empty() {
+                let mut head = Node::new(["ip", "node", "service", "resource"]);
+                for ip in &n.ips {
+                    head.children.push(Node::new([
+                        ip.ip.clone(),
+                        ip.node.clone(),
+                        ip.path.clone(),
+                        ip.rid.clone(),
+                    ]));
+                }
+                row.children.push(head);
+            }
+        }
+        root.children.push(row);
+    }
+    forest(&root)
+}
