@@ -28,6 +28,22 @@ pub enum NetCmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Ask a node daemon to reconcile now; prints what it changed.
+    #[command(visible_alias = "set")]
+    Setup {
+        /// The node (default: $OM_NODE, else the host name).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+/// What a node daemon answers to a setup request.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct SetupOutcome {
+    node: String,
+    seq: u64,
+    changes: Vec<String>,
+    errors: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, cmd: NetCmd) -> Result<(), Failure> {
@@ -59,6 +75,36 @@ pub async fn run(ctx: &Ctx, cmd: NetCmd) -> Result<(), Failure> {
             }
             Ok(())
         }
+        NetCmd::Setup { node } => setup(ctx, node.unwrap_or_else(crate::ctx::default_node)).await,
+    }
+}
+
+async fn setup(ctx: &Ctx, node: String) -> Result<(), Failure> {
+    let client = ctx.connect.connect("om").await?;
+    let subject = ctx.subjects.query_setup(&node);
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(subject.clone(), Vec::new().into()))
+        .await
+        .map_err(|_| Failure::runtime(format!("node {node} did not answer on {subject} within 30s")))?
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => Failure::runtime(format!("no om-node daemon of node {node} listens on {subject}: is it running with --node {node}?")),
+            _ => Failure::runtime(format!("setup request to {node}: {e}")),
+        })?;
+    let out: SetupOutcome = serde_json::from_slice(&msg.payload)
+        .map_err(|e| Failure::runtime(format!("bad answer from {node}: {e}")))?;
+    if ctx.format == Format::Json {
+        print_json(&out);
+    } else {
+        for c in &out.changes {
+            println!("{c}");
+        }
+        if out.changes.is_empty() {
+            eprintln!("om: node {node} is up to date with sequence {}", out.seq);
+        }
+    }
+    if out.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(out.errors.join("\n")))
     }
 }
 
