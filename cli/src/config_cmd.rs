@@ -27,7 +27,11 @@ pub enum ClusterCmd {
         kw: Vec<String>,
     },
     /// Print the cluster configuration, ini style.
-    Config,
+    Config {
+        /// As of a stream sequence or an RFC 3339 time.
+        #[arg(long)]
+        at: Option<crate::history::At>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,7 +70,7 @@ pub async fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Result<(), Failure> {
         ClusterCmd::Set { kw } => set(ctx, None, &kw).await,
         ClusterCmd::Unset { kw } => unset(ctx, None, &kw).await,
         ClusterCmd::Get { kw } => get(ctx, None, &kw).await,
-        ClusterCmd::Config => config(ctx, None).await,
+        ClusterCmd::Config { at } => config(ctx, None, at).await,
     }
 }
 
@@ -76,7 +80,7 @@ pub async fn node(ctx: &Ctx, cmd: NodeCmd) -> Result<(), Failure> {
         NodeCmd::Set { kw, node } => set(ctx, pick(node), &kw).await,
         NodeCmd::Unset { kw, node } => unset(ctx, pick(node), &kw).await,
         NodeCmd::Get { kw, node } => get(ctx, pick(node), &kw).await,
-        NodeCmd::Config { node } => config(ctx, pick(node)).await,
+        NodeCmd::Config { node } => config(ctx, pick(node), None).await,
     }
 }
 
@@ -183,8 +187,12 @@ async fn get(ctx: &Ctx, node: Option<String>, kw: &[String]) -> Result<(), Failu
     Ok(())
 }
 
-async fn config(ctx: &Ctx, node: Option<String>) -> Result<(), Failure> {
-    match ctx.read(Query::Config { node }).await? {
+async fn config(
+    ctx: &Ctx,
+    node: Option<String>,
+    at: Option<crate::history::At>,
+) -> Result<(), Failure> {
+    match ctx.read_at(Query::Config { node }, at).await? {
         Answer::Config { text } => {
             if ctx.format == Format::Json {
                 print_json(&ini_to_json(&text));

@@ -139,6 +139,19 @@ impl Ctx {
     /// Answers a query: from the projector, consistent with every event stored when the
     /// command started; else by folding the stream here (said on stderr).
     pub async fn read(&self, q: Query) -> Result<Answer, Failure> {
+        self.read_at(q, None).await
+    }
+
+    /// [`read`](Self::read), or as of a point in history (folded here, up to that point).
+    pub async fn read_at(
+        &self,
+        q: Query,
+        at: Option<crate::history::At>,
+    ) -> Result<Answer, Failure> {
+        if let Some(at) = at {
+            let state = crate::history::state_at(self, at).await?;
+            return Ok(query::answer(&state, &q));
+        }
         let client = self.connect.connect("om").await?;
         let js = async_nats::jetstream::new(client.clone());
         let last = match js.get_stream(self.subjects.stream()).await {

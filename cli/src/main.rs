@@ -2,10 +2,12 @@
 //!
 //! Layout: [`ctx`] (connection, identity, reads through the projector, writes through the
 //! event log), [`config_cmd`] (`om cluster …` and `om node …`), [`net`] (`om network …`),
-//! [`render`] (the ASCII tree tables of `om net status`).
+//! [`render`] (the ASCII tree tables of `om net status`), [`history`] (`om net history`,
+//! `--at`: the stream read and folded here).
 
 mod config_cmd;
 mod ctx;
+mod history;
 mod net;
 mod render;
 

@@ -1,6 +1,7 @@
 //! `om network|net ls|status`.
 
 use crate::ctx::{print_json, Ctx, Failure};
+use crate::history::At;
 use crate::render::{forest, Node};
 use crate::Format;
 use clap::Subcommand;
@@ -15,6 +16,9 @@ pub enum NetCmd {
         /// The view of one node (its node-scoped networks included, by plain name).
         #[arg(long)]
         node: Option<String>,
+        /// As of a stream sequence or an RFC 3339 time.
+        #[arg(long)]
+        at: Option<At>,
     },
     /// Networks with their size, used and free addresses.
     Status {
@@ -27,6 +31,24 @@ pub enum NetCmd {
         /// The view of one node.
         #[arg(long)]
         node: Option<String>,
+        /// As of a stream sequence or an RFC 3339 time.
+        #[arg(long)]
+        at: Option<At>,
+    },
+    /// Events in order: sequence, time, actor, and what happened.
+    History {
+        /// Only events about this network.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only events about this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// From this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this RFC 3339 time.
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Ask a node daemon to reconcile now; prints what it changed.
     #[command(visible_alias = "set")]
@@ -48,8 +70,8 @@ struct SetupOutcome {
 
 pub async fn run(ctx: &Ctx, cmd: NetCmd) -> Result<(), Failure> {
     match cmd {
-        NetCmd::Ls { node } => {
-            let nets = status(ctx, node, None).await?;
+        NetCmd::Ls { node, at } => {
+            let nets = status(ctx, node, None, at).await?;
             if ctx.format == Format::Json {
                 print_json(&nets.iter().map(|n| &n.name).collect::<Vec<_>>());
             } else {
@@ -63,8 +85,9 @@ pub async fn run(ctx: &Ctx, cmd: NetCmd) -> Result<(), Failure> {
             verbose,
             name,
             node,
+            at,
         } => {
-            let nets = status(ctx, node, name.clone()).await?;
+            let nets = status(ctx, node, name.clone(), at).await?;
             if let (Some(n), true) = (&name, nets.is_empty()) {
                 return Err(Failure::input(format!("network {n} does not exist")));
             }
@@ -75,6 +98,12 @@ pub async fn run(ctx: &Ctx, cmd: NetCmd) -> Result<(), Failure> {
             }
             Ok(())
         }
+        NetCmd::History {
+            name,
+            node,
+            since,
+            until,
+        } => crate::history::history(ctx, name, node, since, until).await,
         NetCmd::Setup { node } => setup(ctx, node.unwrap_or_else(crate::ctx::default_node)).await,
     }
 }
@@ -112,8 +141,9 @@ async fn status(
     ctx: &Ctx,
     node: Option<String>,
     name: Option<String>,
+    at: Option<At>,
 ) -> Result<Vec<NetworkStatus>, Failure> {
-    match ctx.read(Query::Status { node, name }).await? {
+    match ctx.read_at(Query::Status { node, name }, at).await? {
         Answer::Status { networks } => Ok(networks),
         Answer::Error { message } => Err(Failure::input(message)),
         other => Err(Failure::runtime(format!("unexpected answer {other:?}"))),

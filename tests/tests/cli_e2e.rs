@@ -396,3 +396,97 @@ async fn projector_restart_resumes_without_gap_or_double_count() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_time_travel() {
+    let Some(nats) = server_or_skip("history_and_time_travel").await else {
+        return;
+    };
+    let om = Om::new(nats.url(), "hist");
+    om.ok(&["cluster", "set", "--kw", "cluster.nodes=node1 node2"]);
+    om.ok(&[
+        "cluster",
+        "set",
+        "--kw",
+        "network#backend1.type=routed_bridge",
+        "--kw",
+        "network#backend1.network=10.11.0.0/16",
+        "--kw",
+        "network#backend1.ips_per_node=1024",
+    ]);
+    om.ok(&[
+        "cluster",
+        "set",
+        "--kw",
+        "network#other.type=bridge",
+        "--kw",
+        "network#other.network=10.60.0.0/16",
+    ]);
+    om.ok(&["cluster", "unset", "--kw", "network#backend1"]);
+    let j: serde_json::Value =
+        serde_json::from_str(&om.ok(&["net", "history", "--format", "json"])).unwrap();
+    let summaries: Vec<Vec<String>> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_value(e["summary"].clone()).unwrap())
+        .collect();
+    assert_eq!(summaries[0], vec!["set cluster.nodes=node1 node2"]);
+    assert_eq!(
+        summaries[1],
+        vec![
+            "set network#backend1.type=routed_bridge",
+            "set network#backend1.network=10.11.0.0/16",
+            "set network#backend1.ips_per_node=1024",
+            "assign 10.11.0.0/22 to node1",
+            "assign 10.11.4.0/22 to node2",
+        ]
+    );
+    assert_eq!(j[1]["seq"], 2);
+    assert_eq!(j[1]["kind"], "config.changed");
+    assert!(j[1]["actor"].as_str().unwrap().contains('@'));
+    let only: serde_json::Value =
+        serde_json::from_str(&om.ok(&["net", "history", "--name", "other", "--format", "json"]))
+            .unwrap();
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    assert_eq!(only[0]["seq"], 3);
+    let node2: serde_json::Value =
+        serde_json::from_str(&om.ok(&["net", "history", "--node", "node2", "--format", "json"]))
+            .unwrap();
+    assert_eq!(
+        node2
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    // The state as it was.
+    assert_eq!(om.ok(&["net", "ls"]), "default\nlo\nother\n");
+    assert_eq!(
+        om.ok(&["net", "ls", "--at", "2"]),
+        "backend1\ndefault\nlo\n"
+    );
+    assert_eq!(om.ok(&["net", "ls", "--at", "1"]), "default\nlo\n");
+    let at2 = om.ok(&["cluster", "config", "--at", "2"]);
+    assert!(at2.contains("subnet@node2 = 10.11.4.0/22"), "{at2}");
+    let t = j[2]["time"].as_str().unwrap().to_string();
+    assert_eq!(
+        om.ok(&["net", "ls", "--at", &t]),
+        "backend1\ndefault\nlo\nother\n"
+    );
+    let status_at = om.ok(&["net", "status", "--at", "2", "--name", "backend1"]);
+    assert!(
+        status_at.contains("`- backend1  routed_bridge  10.11.0.0/16  65536  0     65536  0.00%"),
+        "{status_at}"
+    );
+    let o = om.run(&["net", "ls", "--at", "yesterday"]);
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr
+            .contains("\"yesterday\": expected a stream sequence (42) or an RFC 3339 time"),
+        "{}",
+        o.stderr
+    );
+}
