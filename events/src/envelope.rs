@@ -65,7 +65,8 @@ impl std::fmt::Display for Skip {
     }
 }
 
-/// The outcome of decoding one message.
+/// The outcome of decoding one message. Events are the common case: not boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
     Event(Envelope),

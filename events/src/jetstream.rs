@@ -186,6 +186,52 @@ impl JetStreamLog {
     }
 }
 
+impl JetStreamLog {
+    /// The duplicate ack of an append refused for a wrong last subject sequence, when an
+    /// earlier attempt of the same append (same subject, expectation and message id) was
+    /// stored inside the de-duplication window; `None` otherwise.
+    ///
+    /// nats-server 2.12 and later check the expected last subject sequence of a publish to a
+    /// one-replica stream before its `Nats-Msg-Id`, where a clustered stream (and R1 before
+    /// 2.12) de-duplicates first: the retry of an append whose ack was lost is refused on R1
+    /// and answered as a duplicate on R3. The port promises the duplicate (as [`MemoryLog`]
+    /// does), so it is recognised here: an earlier attempt conditioned on `expected` can
+    /// only have been stored as the first message on `subject` after `expected`. Same id
+    /// stored elsewhere (another subject or expectation) stays a conflict on R1.
+    ///
+    /// [`MemoryLog`]: crate::log::MemoryLog
+    async fn earlier_attempt(&self, subject: &str, expected: u64, msg_id: &str) -> Option<Ack> {
+        // The leader answers (`STREAM.MSG.GET`), not a replica that may lag behind.
+        let found = self
+            .stream
+            .raw_message_builder()
+            .sequence(expected.saturating_add(1))
+            .next_by_subject(subject.to_string())
+            .send()
+            .await;
+        let m = match found {
+            Ok(m) => m,
+            Err(e) => {
+                if !matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) {
+                    // The refusal stands; the caller catches up and may recognise its event.
+                    tracing::warn!(subject, expected, "looking for an earlier attempt: {e}");
+                }
+                return None;
+            }
+        };
+        let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID)?;
+        if id.as_str() != msg_id {
+            return None;
+        }
+        let window = self.stream.cached_info().config.duplicate_window;
+        let expires = async_nats::datetime::add_std_duration(m.time, window).ok()?;
+        (expires > async_nats::datetime::now()).then_some(Ack {
+            seq: m.sequence,
+            duplicate: true,
+        })
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(e.to_string())
 }
@@ -230,6 +276,11 @@ impl EventLog for JetStreamLog {
                     || text.contains("wrong last sequence")
                     || text.contains("10164")
                 {
+                    if let Some(n) = expected {
+                        if let Some(ack) = self.earlier_attempt(subject, n, msg_id).await {
+                            return Ok(ack);
+                        }
+                    }
                     Err(LogError::Conflict {
                         subject: subject.to_string(),
                         expected: expected.unwrap_or(0),
