@@ -354,13 +354,7 @@ impl EventLog for JetStreamLog {
     }
 }
 
-/// A folded state saved with the stream sequence it reflects and the schema that wrote it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Snapshot<T> {
-    pub schema: u32,
-    pub seq: u64,
-    pub state: T,
-}
+pub use crate::snapshot::Snapshot;
 
 /// Snapshots of folded states in the JetStream object store `OM_SNAP_<cluster>`, one object
 /// per reader (`projector`, `node-<name>`), so a cold start replays only the tail.
@@ -394,12 +388,7 @@ impl SnapshotStore {
         seq: u64,
         state: &T,
     ) -> Result<usize, LogError> {
-        let snap = Snapshot {
-            schema: crate::SCHEMA_VERSION,
-            seq,
-            state,
-        };
-        let bytes = crate::query::encode(&snap);
+        let bytes = crate::snapshot::encode(seq, state);
         let len = bytes.len();
         self.store
             .put(name, &mut bytes.as_slice())
@@ -426,33 +415,6 @@ impl SnapshotStore {
         obj.read_to_end(&mut bytes)
             .await
             .map_err(|e| LogError::Other(format!("read snapshot {name}: {e}")))?;
-        #[derive(serde::Deserialize)]
-        struct Head {
-            schema: u32,
-        }
-        let head: Head = match crate::query::decode::<ciborium::Value>(&bytes)
-            .and_then(|v| v.deserialized().map_err(|e| e.to_string()))
-        {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("snapshot {name} unreadable ({e}), ignored");
-                return Ok(None);
-            }
-        };
-        if head.schema != crate::SCHEMA_VERSION {
-            tracing::warn!(
-                "snapshot {name} was written by schema {}, this is {}: ignored, replaying",
-                head.schema,
-                crate::SCHEMA_VERSION
-            );
-            return Ok(None);
-        }
-        match crate::query::decode::<Snapshot<T>>(&bytes) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) => {
-                tracing::warn!("snapshot {name} unreadable ({e}), ignored");
-                Ok(None)
-            }
-        }
+        Ok(crate::snapshot::decode(name, &bytes))
     }
 }

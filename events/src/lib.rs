@@ -14,6 +14,7 @@
 //! - [`config`]: cluster and node configuration layers, merged and scoped lookups.
 //! - [`network`]: the networks a view (cluster or node) derives from the configuration.
 //! - [`segment`]: CIDR and segment arithmetic (IPv4 and IPv6, on `u128`).
+//! - [`snapshot`]: folded states saved with their sequence and schema.
 //! - [`state`]: the fold of events into the cluster state.
 //! - [`validate`]: keyword values and whole-configuration checks.
 //! - [`decide`]: the decisions that turn a command into changes.
@@ -32,6 +33,7 @@ pub mod log;
 pub mod network;
 pub mod query;
 pub mod segment;
+pub mod snapshot;
 pub mod state;
 pub mod subjects;
 pub mod timefmt;

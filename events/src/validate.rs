@@ -142,8 +142,18 @@ pub fn validate(cfg: &Config, touched: &BTreeSet<String>) -> Vec<String> {
         }
     };
     let node_count = cfg.cluster_nodes().len().max(1) as u128;
+    // A node's view differs from the cluster's only through its own layer or a per-node
+    // `network@node` range: only those views are checked apart.
     let mut views: Vec<Option<String>> = vec![None];
-    views.extend(cfg.known_nodes().into_iter().map(Some));
+    let mut apart: std::collections::BTreeSet<String> = cfg.nodes.keys().cloned().collect();
+    for k in cfg.cluster.keys() {
+        if let Some((head, node)) = k.split_once('@') {
+            if head.starts_with("network#") && head.ends_with(".network") {
+                apart.insert(node.to_string());
+            }
+        }
+    }
+    views.extend(apart.into_iter().map(Some));
     for view in &views {
         let nets = network::networks(cfg, view.as_deref());
         for net in &nets {

@@ -359,12 +359,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             addrs: addrs.clone(),
             version: self.opts.version.clone(),
         });
-        let env = Envelope::new(
-            &self.subjects.cluster,
-            &self.opts.node,
-            now_ms(),
-            ev.clone(),
-        );
+        let env = Envelope::new(&self.subjects.cluster, &self.opts.node, now_ms(), ev);
         match self
             .log
             .append(
@@ -375,8 +370,21 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             )
             .await
         {
-            // Fold our own announcement now, so the next reconcile does not repeat it.
-            Ok(ack) => self.state.apply(ack.seq, env.time_ms, &ev),
+            // Remember our own announcement now, so the next reconcile does not repeat it.
+            // Only the announcement: the position (`state.seq`) stays, or the subscription
+            // would skip what was stored before it and not yet folded (a peer's
+            // announcement, a configuration change). The stream delivers it in order.
+            Ok(ack) => {
+                self.state.announced.insert(
+                    self.opts.node.clone(),
+                    om_events::state::Announce {
+                        addrs,
+                        version: self.opts.version.clone(),
+                        seq: ack.seq,
+                        time_ms: env.time_ms,
+                    },
+                );
+            }
             Err(e) => tracing::warn!("announce: {e}"),
         }
     }
