@@ -490,3 +490,54 @@ async fn history_and_time_travel() {
         o.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_rebuild_equals_live_views() {
+    let Some(nats) = server_or_skip("projector_rebuild_equals_live_views").await else {
+        return;
+    };
+    let dir = tmp("rebuild");
+    let om = Om::new(nats.url(), "rb");
+    let mut live = bins::projector(nats.url(), "rb", dir.join("live.log"), &[]);
+    om.ok(&["cluster", "set", "--kw", "cluster.nodes=n1 n2 n3"]);
+    om.ok(&[
+        "cluster",
+        "set",
+        "--kw",
+        "network#b.type=routed_bridge",
+        "--kw",
+        "network#b.network=10.11.0.0/16",
+    ]);
+    om.ok(&["cluster", "set", "--kw", "cluster.nodes-=n2"]);
+    om.ok(&[
+        "node",
+        "set",
+        "--node",
+        "n1",
+        "--kw",
+        "network#l.type=bridge",
+        "--kw",
+        "network#l.network=10.12.0.0/24",
+    ]);
+    wait_projector(&om);
+    let views = |om: &Om| {
+        (
+            om.ok(&["net", "status", "--verbose", "--format", "json"]),
+            om.ok(&["cluster", "config"]),
+            om.ok(&["node", "config", "--node", "n1"]),
+            om.ok(&["net", "ls", "--node", "n1"]),
+        )
+    };
+    let before = views(&om);
+    live.stop();
+    let _rebuilt = bins::projector(nats.url(), "rb", dir.join("rebuild.log"), &["--rebuild"]);
+    wait_projector(&om);
+    assert_eq!(views(&om), before);
+    let log = std::fs::read_to_string(dir.join("rebuild.log")).unwrap();
+    assert!(
+        log.contains("recreating consumer projector from sequence 1"),
+        "{log}"
+    );
+    assert!(log.contains("projector resumes after sequence 0"), "{log}");
+    let _ = std::fs::remove_dir_all(dir);
+}
