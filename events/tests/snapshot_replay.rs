@@ -44,7 +44,7 @@ fn generate() -> Vec<Stored> {
             e
         };
         match i % 10 {
-            0 if i % 50 == 0 => {
+            0 if i.is_multiple_of(50) => {
                 // Declare or drop a network, or move nodes in and out.
                 let kws: Vec<String> = match (i / 50) % 4 {
                     0 => vec![format!(
@@ -132,7 +132,7 @@ fn generate() -> Vec<Stored> {
                     container_id: format!("c{slot}"),
                     ifname: "eth0".into(),
                 };
-                let ev = if (i / 5000) % 2 == 0 {
+                let ev = if (i / 5000).is_multiple_of(2) {
                     Event::IpAllocated(IpAllocated {
                         network: "lease".into(),
                         node: "n1".into(),

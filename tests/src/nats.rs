@@ -87,7 +87,7 @@ pub fn find_binary() -> Option<PathBuf> {
 pub fn binary_or_skip() -> Option<PathBuf> {
     let found = find_binary();
     if found.is_none() {
-        announce(&format!("SKIPPED: {NOT_FOUND}"));
+        crate::skip::skip("nats-server", NOT_FOUND);
     }
     found
 }

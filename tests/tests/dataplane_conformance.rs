@@ -7,7 +7,7 @@ use om_tests::netns::{reap_stale, skip_reason, Netns};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtnetlink_dataplane_conforms_in_fresh_netns() {
     if let Some(reason) = skip_reason() {
-        println!("SKIPPED: {reason}");
+        om_tests::skip::skip(module_path!(), &reason);
         return;
     }
     reap_stale();
@@ -30,7 +30,7 @@ async fn rtnetlink_dataplane_conforms_in_fresh_netns() {
 async fn in_netns_acts_in_that_namespace_only() {
     use om_node::dataplane::{BridgeSpec, Dataplane, LinkFilter};
     if let Some(reason) = skip_reason() {
-        println!("SKIPPED: {reason}");
+        om_tests::skip::skip(module_path!(), &reason);
         return;
     }
     let ns = Netns::new("only").unwrap();
@@ -62,7 +62,7 @@ async fn link_events_report_up_and_removal() {
     use om_node::dataplane::{BridgeSpec, Dataplane, LinkEvent, LinkKind};
     use std::time::Duration;
     if let Some(reason) = skip_reason() {
-        println!("SKIPPED: {reason}");
+        om_tests::skip::skip(module_path!(), &reason);
         return;
     }
     let ns = Netns::new("ev").unwrap();

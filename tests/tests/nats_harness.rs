@@ -64,7 +64,7 @@ async fn container_restarts_keep_port_and_store() {
         return;
     }
     if let Some(why) = container::refuse_reason() {
-        om_tests::nats::announce(&format!("SKIPPED: container mode: {why}"));
+        om_tests::skip::skip(module_path!(), &format!("container mode: {why}"));
         return;
     }
     let server = NatsServer::in_container().await.unwrap();
@@ -92,7 +92,7 @@ async fn drop_removes_the_container() {
         return;
     }
     if let Some(why) = container::refuse_reason() {
-        om_tests::nats::announce(&format!("SKIPPED: container mode: {why}"));
+        om_tests::skip::skip(module_path!(), &format!("container mode: {why}"));
         return;
     }
     let server = NatsServer::in_container().await.unwrap();
