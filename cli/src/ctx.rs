@@ -164,8 +164,10 @@ impl Ctx {
                     )))
                 }
             },
-            // No stream yet: nothing was ever declared in this cluster.
-            Err(_) => return Ok(query::answer(&State::default(), &q)),
+            Err(e) => {
+                self.no_stream(e)?;
+                return Ok(query::answer(&State::default(), &q));
+            }
         };
         match self.ask(&client, last, q.clone()).await {
             Ok(reply) => {
@@ -192,6 +194,35 @@ impl Ctx {
                 );
                 Ok(query::answer(&state, &q))
             }
+        }
+    }
+}
+
+impl Ctx {
+    /// A missing stream is an empty cluster (said on stderr, a typo in --cluster shows);
+    /// any other failure (no JetStream on the server, no permission) is an error.
+    pub fn no_stream(
+        &self,
+        e: async_nats::jetstream::context::GetStreamError,
+    ) -> Result<(), Failure> {
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        match e.kind() {
+            GetStreamErrorKind::JetStream(j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                eprintln!(
+                    "om: cluster {} has no events yet (no stream {} on {})",
+                    self.connect.cluster,
+                    self.subjects.stream(),
+                    self.connect.server
+                );
+                Ok(())
+            }
+            _ => Err(Failure::runtime(format!(
+                "stream {} on {}: {e}",
+                self.subjects.stream(),
+                self.connect.server
+            ))),
         }
     }
 }

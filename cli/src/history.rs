@@ -34,7 +34,8 @@ impl std::str::FromStr for At {
 pub async fn read_all(ctx: &Ctx) -> Result<Vec<Stored>, Failure> {
     let client = ctx.connect.connect("om").await?;
     let js = async_nats::jetstream::new(client.clone());
-    if js.get_stream(ctx.subjects.stream()).await.is_err() {
+    if let Err(e) = js.get_stream(ctx.subjects.stream()).await {
+        ctx.no_stream(e)?;
         return Ok(Vec::new());
     }
     let log = JetStreamLog::open(client, ctx.subjects.clone(), ctx.connect.replicas)
@@ -48,7 +49,16 @@ pub async fn read_all(ctx: &Ctx) -> Result<Vec<Stored>, Failure> {
 /// The state as of `at`: every event with a sequence (or time) up to it, folded.
 pub async fn state_at(ctx: &Ctx, at: At) -> Result<State, Failure> {
     let mut state = State::default();
-    for m in read_all(ctx).await? {
+    let all = read_all(ctx).await?;
+    let last = all.last().map(|m| m.seq).unwrap_or(0);
+    if let At::Seq(n) = at {
+        if n > last {
+            return Err(Failure::input(format!(
+                "--at {n}: the stream ends at sequence {last}"
+            )));
+        }
+    }
+    for m in all {
         let keep = match at {
             At::Seq(n) => m.seq <= n,
             At::TimeMs(t) => match Envelope::decode(&m.payload) {

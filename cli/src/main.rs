@@ -57,6 +57,10 @@ pub enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // Like any Unix filter: a closed pipe (`om net history | head`) ends the process quietly
+    // instead of a panic on the next println.
+    // SAFETY: setting a signal disposition to its default before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OM_LOG").unwrap_or_else(|_| "warn".into()),

@@ -137,8 +137,16 @@ fn operator_value(cfg: &Config, node: Option<&str>, op: &KwOp) -> Result<Option<
     } else {
         op.value.clone()
     };
-    if spec.list && value.is_empty() {
+    // `K-=V` may empty a list (the keyword goes); `K=` with nothing is refused, so that an
+    // empty shell variable cannot wipe cluster.nodes: unset says it on purpose.
+    if spec.list && value.is_empty() && op.op == OpKind::Remove {
         return Ok(None);
+    }
+    if spec.list && value.is_empty() {
+        return Err(format!(
+            "{key}: empty value, expected {} (to remove the keyword, use unset --kw {key})",
+            spec.expected
+        ));
     }
     if value.is_empty() {
         return Err(format!("{key}: empty value, expected {}", spec.expected));

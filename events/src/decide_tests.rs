@@ -482,7 +482,7 @@ fn a_manual_subnet_is_checked_and_kept() {
     assert_eq!(subnet(&s, "b", "n2").as_deref(), Some("10.11.0.0/22"));
     assert_eq!(
         err(&s, set(None, &["network#b.subnet@n2=10.11.40.0/22"])),
-        "network#b.subnet@n2=10.11.40.0/22: segment already assigned to n1"
+        "network#b.subnet@n1 and network#b.subnet@n2 are both 10.11.40.0/22: a segment belongs to one node"
     );
     assert_eq!(
         err(&s, set(None, &["network#b.subnet@n2=10.12.0.0/22"])),
@@ -507,6 +507,10 @@ fn no_op_commands_write_nothing_and_lists_keep_words_once() {
     );
     run(&mut s, set(None, &["cluster.nodes-=n1 n2"])).unwrap();
     assert_eq!(get(&s, None, "cluster.nodes").unwrap(), None);
+    assert_eq!(
+        err(&s, set(None, &["cluster.nodes="])),
+        "cluster.nodes: empty value, expected a whitespace-separated list of node names (to remove the keyword, use unset --kw cluster.nodes)"
+    );
     assert_eq!(
         err(&s, set(None, &["cluster.nodes=n1 n1"])),
         "cluster.nodes=n1 n1: node n1 is listed twice, expected a whitespace-separated list of node names"

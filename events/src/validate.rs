@@ -253,7 +253,7 @@ fn check_routed(cfg: &Config, net: &Network, node_count: u128, push: &mut impl F
             Ok(seg) if segment::segment_index(&cidr, h, &seg).is_some() => {
                 if let Some(other) = owners.insert(seg, node.clone()) {
                     push(format!(
-                        "{key}={value}: segment already assigned to {other}"
+                        "{section}.subnet@{other} and {section}.subnet@{node} are both {value}: a segment belongs to one node"
                     ));
                 }
             }

@@ -7,7 +7,7 @@
 
 use crate::dataplane::Dataplane;
 use crate::desired::{self, desired, Facts};
-use crate::plan::{owned_link, plan};
+use crate::plan::{owned_link, plan, Op};
 use crate::reconcile::{apply, observe, Manifest};
 use futures::{FutureExt, StreamExt};
 use om_events::envelope::Envelope;
@@ -291,13 +291,27 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
         for n in &want.notes {
             tracing::info!("{n}");
         }
+        let stranger = self.stranger();
         let (changes, mut errors) = match observe(&self.dp, &want, &self.manifest).await {
             Ok(seen) => {
-                let ops = plan(&want, &seen);
+                let mut ops = plan(&want, &seen);
+                if let Some(why) = &stranger {
+                    // A daemon started under a wrong name (the default is the host name)
+                    // must not tear down what the node's real daemon built.
+                    let before = ops.len();
+                    ops.retain(|o| !matches!(o, Op::DeleteLink(_) | Op::DeleteRoute(_)));
+                    if ops.len() != before {
+                        tracing::warn!(
+                            "{why}: leaving {} link(s) and route(s) in place",
+                            before - ops.len()
+                        );
+                    }
+                }
                 apply(&self.dp, &ops, &want.cni_dir, &mut self.manifest).await
             }
             Err(e) => (Vec::new(), vec![format!("observe: {e}")]),
         };
+        errors.extend(stranger);
         errors.extend(want.errors.iter().cloned());
         let report = NodeApplied {
             node: self.opts.node.clone(),
@@ -338,6 +352,24 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             changes,
             errors,
         }
+    }
+
+    /// Why this daemon looks misnamed: its node is not in `cluster.nodes` and never held a
+    /// segment. `None` for members and for nodes that left (those do tear down).
+    fn stranger(&self) -> Option<String> {
+        let node = &self.opts.node;
+        let members = self.state.config.cluster_nodes();
+        let ever = self
+            .state
+            .last_segment
+            .values()
+            .any(|m| m.contains_key(node));
+        (!members.contains(node) && !ever).then(|| {
+            format!(
+                "node {node} is not in cluster.nodes ({}) and never was: check --node (default: the host name)",
+                if members.is_empty() { "empty".to_string() } else { members.join(" ") }
+            )
+        })
     }
 
     /// Announces this node's endpoint addresses when they differ from its last announcement.

@@ -222,3 +222,58 @@ async fn three_nodes_converge_and_reconverge() {
     n3.stop().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A daemon started under a name that is not in cluster.nodes (the default is the host
+/// name) must not tear down what the node's real daemon built; it says why in its report.
+#[tokio::test]
+async fn a_misnamed_daemon_deletes_nothing() {
+    let log = MemoryLog::default();
+    let s = Subjects::new("ghost");
+    let dir = std::env::temp_dir().join(format!("om-sim-ghost-{}", std::process::id()));
+    run(
+        &log,
+        &s,
+        &[&format!("cni.config={}", dir.join("net.d").display())],
+    )
+    .await;
+    run(&log, &s, &["cluster.nodes=n1 n2"]).await;
+    let seq = run(
+        &log,
+        &s,
+        &[
+            "network#b.type=routed_bridge",
+            "network#b.network=10.11.0.0/16",
+        ],
+    )
+    .await;
+    let dp = host("192.0.2.11/24");
+    let n1 = spawn(
+        "n1",
+        dp.clone(),
+        log.clone(),
+        s.clone(),
+        dir.join("n1"),
+        Duration::from_millis(200),
+    );
+    converged(&log, &s, &["n1"], seq).await;
+    n1.stop().await.unwrap();
+    let before = (links(&dp).await, routes(&dp).await);
+    assert_eq!(before.0, vec!["obr_b", "obr_default"]);
+    // Same host, wrong name, fresh state directory.
+    let ghost = spawn(
+        "ghost",
+        dp.clone(),
+        log.clone(),
+        s.clone(),
+        dir.join("ghost"),
+        Duration::from_millis(200),
+    );
+    let st = converged(&log, &s, &["ghost"], seq).await;
+    assert_eq!((links(&dp).await, routes(&dp).await), before);
+    assert_eq!(
+        st.applied["ghost"].report.errors,
+        vec!["node ghost is not in cluster.nodes (n1 n2) and never was: check --node (default: the host name)"]
+    );
+    ghost.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

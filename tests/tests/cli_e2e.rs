@@ -481,6 +481,35 @@ async fn history_and_time_travel() {
         status_at.contains("`- backend1  routed_bridge  10.11.0.0/16  65536  0     65536  0.00%"),
         "{status_at}"
     );
+    let o = om.run(&["net", "ls", "--at", "999"]);
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (2, "om: --at 999: the stream ends at sequence 4\n")
+    );
+    // A closed pipe ends om quietly, as any Unix filter.
+    let mut child = om
+        .command(&["net", "history"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A cluster with no events (a typo?) says so.
+    let typo = Om::new(nats.url(), "hsit").run(&["net", "ls"]);
+    assert_eq!((typo.code, typo.stdout.as_str()), (0, "default\nlo\n"));
+    assert_eq!(
+        typo.stderr,
+        format!(
+            "om: cluster hsit has no events yet (no stream OM_hsit on {})\n",
+            nats.url()
+        )
+    );
     let o = om.run(&["net", "ls", "--at", "yesterday"]);
     assert_eq!(o.code, 2);
     assert!(
