@@ -325,6 +325,14 @@ fn alignment_overlap_type_and_scope_errors() {
         err(&s, set(None, &["network#thisisaverylongname.type=bridge", "network#thisisaverylongname.network=10.60.0.0/16"])),
         "network#thisisaverylongname: bridge name obr_thisisaverylongname is longer than 15 characters: set network#thisisaverylongname.dev to a shorter name"
     );
+    assert_eq!(
+        err(&s, set(None, &["network#m.type=bridge", "network#m.network=224.0.0.0/24"])),
+        "network#m.network=224.0.0.0/24: a multicast, loopback or unspecified range cannot be a bridge network, expected a unicast range such as 10.11.0.0/16"
+    );
+    assert_eq!(
+        err(&s, set(None, &["network#t.type=bridge", "network#t.network=10.50.0.0/31"])),
+        "network#t.network=10.50.0.0/31: too small for a bridge network, expected at least a /30 (network, gateway, broadcast and one address)"
+    );
     // Several problems are all reported.
     let e = err(
         &s,

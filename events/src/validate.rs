@@ -171,6 +171,25 @@ pub fn validate(cfg: &Config, touched: &BTreeSet<String>) -> Vec<String> {
                     net.ntype.as_str()
                 ));
             }
+            if let (Some(c), NetType::Bridge | NetType::RoutedBridge) = (net.cidr, net.ntype) {
+                let a = c.network();
+                let unusable = a.is_multicast()
+                    || a.is_loopback()
+                    || a.is_unspecified()
+                    || c.addr().is_multicast();
+                if unusable {
+                    push(format!(
+                        "{section}.network={c}{at}: a multicast, loopback or unspecified range cannot be a {} network, expected a unicast range such as 10.11.0.0/16",
+                        net.ntype.as_str()
+                    ));
+                } else if segment::host_bits(&c) < 2 {
+                    push(format!(
+                        "{section}.network={c}{at}: too small for a {} network, expected at least a /{} (network, gateway, broadcast and one address)",
+                        net.ntype.as_str(),
+                        segment::bits(&c) - 2
+                    ));
+                }
+            }
             if net.dev.is_none()
                 && net.bridge_name().len() > 15
                 && matches!(net.ntype, NetType::Bridge | NetType::RoutedBridge)
