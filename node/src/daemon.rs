@@ -320,22 +320,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             errors: errors.clone(),
         };
         if self.last_report.as_ref() != Some(&report) {
-            let env = Envelope::new(
-                &self.subjects.cluster,
-                &self.opts.node,
-                now_ms(),
-                Event::NodeApplied(report.clone()),
-            );
-            match self
-                .log
-                .append(
-                    &self.subjects.node(&self.opts.node),
-                    None,
-                    &env.id.to_string(),
-                    env.encode(),
-                )
-                .await
-            {
+            match self.publish(Event::NodeApplied(report.clone())).await {
                 Ok(_) => self.last_report = Some(report),
                 Err(e) => tracing::warn!("report: {e}"),
             }
@@ -352,6 +337,21 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             changes,
             errors,
         }
+    }
+
+    /// Appends one of this node's own events (announcement, report) to its subject, which
+    /// only this daemon writes: no condition. Returns the ack and the event's time.
+    async fn publish(
+        &self,
+        ev: Event,
+    ) -> Result<(om_events::log::Ack, u64), om_events::log::LogError> {
+        let env = Envelope::new(&self.subjects.cluster, &self.opts.node, now_ms(), ev);
+        let subject = self.subjects.node(&self.opts.node);
+        let ack = self
+            .log
+            .append(&subject, None, &env.id.to_string(), env.encode())
+            .await?;
+        Ok((ack, env.time_ms))
     }
 
     /// Why this daemon looks misnamed: its node is not in `cluster.nodes` and never held a
@@ -391,29 +391,19 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             addrs: addrs.clone(),
             version: self.opts.version.clone(),
         });
-        let env = Envelope::new(&self.subjects.cluster, &self.opts.node, now_ms(), ev);
-        match self
-            .log
-            .append(
-                &self.subjects.node(&self.opts.node),
-                None,
-                &env.id.to_string(),
-                env.encode(),
-            )
-            .await
-        {
+        match self.publish(ev).await {
             // Remember our own announcement now, so the next reconcile does not repeat it.
             // Only the announcement: the position (`state.seq`) stays, or the subscription
             // would skip what was stored before it and not yet folded (a peer's
             // announcement, a configuration change). The stream delivers it in order.
-            Ok(ack) => {
+            Ok((ack, time_ms)) => {
                 self.state.announced.insert(
                     self.opts.node.clone(),
                     om_events::state::Announce {
                         addrs,
                         version: self.opts.version.clone(),
                         seq: ack.seq,
-                        time_ms: env.time_ms,
+                        time_ms,
                     },
                 );
             }
