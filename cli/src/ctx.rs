@@ -101,19 +101,48 @@ impl Ctx {
         format!("{user}@{}", hostname())
     }
 
-    /// Runs a configuration command: validated, decided, appended (with retries on
-    /// conflict). Starts from the projector's state when one answers, else from the stream.
-    pub async fn write(&self, cmd: &Command) -> Result<Outcome, Failure> {
+    /// The log, and the state to decide on: the projector's when one answers (the writer
+    /// catches up from there), else nothing (it folds the stream).
+    async fn writer(&self) -> Result<(JetStreamLog, State), Failure> {
         let (client, log) = self.connect.open_log("om").await?;
-        let mut state = match self.ask(&client, 0, Query::State).await {
+        let state = match self.ask(&client, 0, Query::State).await {
             Ok(Reply {
                 answer: Answer::State { state },
                 ..
             }) => *state,
             _ => State::default(),
         };
+        Ok((log, state))
+    }
+
+    /// Runs a configuration command: validated, decided, appended (with retries on
+    /// conflict). Starts from the projector's state when one answers, else from the stream.
+    pub async fn write(&self, cmd: &Command) -> Result<Outcome, Failure> {
+        let (log, mut state) = self.writer().await?;
         let out =
             log::execute(&log, &self.subjects, &mut state, &self.actor(), now_ms, cmd).await?;
+        Ok(out)
+    }
+
+    /// Runs a decision on another subject than the configuration's (an object's): decided
+    /// on the current state, appended conditioned on that subject's last sequence, retried.
+    pub async fn write_event(
+        &self,
+        subject: &str,
+        decide: impl Fn(&State) -> Result<Option<om_events::Event>, om_events::decide::Rejected>,
+    ) -> Result<log::EventOutcome, Failure> {
+        let (log, mut state) = self.writer().await?;
+        let out = log::execute_event(
+            &log,
+            &self.subjects,
+            &mut state,
+            &self.actor(),
+            now_ms,
+            subject,
+            uuid::Uuid::now_v7(),
+            decide,
+        )
+        .await?;
         Ok(out)
     }
 

@@ -91,7 +91,12 @@ fn about_network(e: &Event, name: &str) -> bool {
         Event::IpAllocated(a) => a.network == name,
         Event::IpReleased(r) => r.network == name,
         Event::NodeApplied(a) => a.networks.iter().any(|n| n.name == name),
-        Event::NodeAnnounced(_) => false,
+        Event::ObjectChanged(o) => o
+            .changes
+            .iter()
+            .any(|ch| ch.key.ends_with(".network") && ch.value.as_deref() == Some(name)),
+        Event::InstanceStatus(i) => i.resources.iter().any(|r| r.network == name),
+        Event::NodeAnnounced(_) | Event::ObjectTarget(_) => false,
     }
 }
 
@@ -108,6 +113,11 @@ fn about_node(env: &Envelope, node: &str) -> bool {
             Event::NodeApplied(a) => a.node == node,
             Event::IpAllocated(a) => a.node == node,
             Event::IpReleased(r) => r.node == node,
+            Event::InstanceStatus(i) => i.node == node,
+            Event::ObjectTarget(t) => {
+                matches!(&t.target, om_events::event::Target::Started { node: n } if n == node)
+            }
+            Event::ObjectChanged(_) => false,
         }
 }
 

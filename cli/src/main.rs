@@ -9,6 +9,7 @@ mod config_cmd;
 mod ctx;
 mod history;
 mod net;
+mod object;
 mod render;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -54,6 +55,10 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: net::NetCmd,
     },
+    /// `om <path> set|unset|get|config|start|stop|status`: a service object such as
+    /// testbackend/svc/s1 (`om <path> --help` lists the actions).
+    #[command(external_subcommand)]
+    Object(Vec<String>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,5 +95,6 @@ async fn run(cli: Cli) -> Result<(), ctx::Failure> {
         Cmd::Cluster { cmd } => config_cmd::cluster(&ctx, cmd).await,
         Cmd::Node { cmd } => config_cmd::node(&ctx, cmd).await,
         Cmd::Network { cmd } => net::run(&ctx, cmd).await,
+        Cmd::Object(argv) => object::run(&ctx, argv).await,
     }
 }

@@ -50,12 +50,31 @@ pub enum NetCmd {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Addresses in use.
+    Ip {
+        #[command(subcommand)]
+        cmd: IpCmd,
+    },
     /// Ask a node daemon to reconcile now; prints what it changed.
     #[command(visible_alias = "set")]
     Setup {
         /// The node (default: $OM_NODE, else the host name).
         #[arg(long)]
         node: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IpCmd {
+    /// Every lease: object, node, resource, address, network and its type.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this network.
+        #[arg(long)]
+        name: Option<String>,
+        /// As of a stream sequence or an RFC 3339 time.
+        #[arg(long)]
+        at: Option<At>,
     },
 }
 
@@ -104,6 +123,42 @@ pub async fn run(ctx: &Ctx, cmd: NetCmd) -> Result<(), Failure> {
             since,
             until,
         } => crate::history::history(ctx, name, node, since, until).await,
+        NetCmd::Ip {
+            cmd: IpCmd::Ls { name, at },
+        } => {
+            let ips = match ctx.read_at(Query::Ips { name }, at).await? {
+                Answer::Ips { ips } => ips,
+                Answer::Error { message } => return Err(Failure::input(message)),
+                other => return Err(Failure::runtime(format!("unexpected answer {other:?}"))),
+            };
+            if ctx.format == Format::Json {
+                print_json(&ips);
+            } else {
+                let mut rows = vec![["OBJECT", "NODE", "RID", "IP", "NET_NAME", "NET_TYPE"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()];
+                let dash = |s: &str| {
+                    if s.is_empty() {
+                        "-".to_string()
+                    } else {
+                        s.to_string()
+                    }
+                };
+                for ip in &ips {
+                    rows.push(vec![
+                        dash(&ip.path),
+                        ip.node.clone(),
+                        dash(&ip.rid),
+                        ip.ip.clone(),
+                        ip.network.clone(),
+                        ip.net_type.clone(),
+                    ]);
+                }
+                print!("{}", crate::object::table(&rows));
+            }
+            Ok(())
+        }
         NetCmd::Setup { node } => setup(ctx, node.unwrap_or_else(crate::ctx::default_node)).await,
     }
 }

@@ -205,7 +205,11 @@ impl Gen {
         let host = 2 + (self.next_host % 1000) as u32;
         self.next_host += 1;
         let ip = IpAddr::V4(Ipv4Addr::from(u32::from(seg.network()) + host));
-        if self.state.leases.contains_key(&(net.clone(), ip)) {
+        if self
+            .state
+            .leases
+            .contains_key(&(net.clone(), n.clone(), ip))
+        {
             return;
         }
         let owner = Owner {
@@ -213,6 +217,7 @@ impl Gen {
             rid: format!("ip#{}", self.rng.below(3)),
             container_id: format!("{:016x}{:016x}", self.rng.next(), self.rng.next()),
             ifname: "eth1".into(),
+            netns: String::new(),
         };
         self.live.push((net.clone(), n.clone(), ip, owner.clone()));
         self.push(

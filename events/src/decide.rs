@@ -30,6 +30,9 @@ pub enum Command {
         node: Option<String>,
         targets: Vec<UnsetTarget>,
     },
+    /// Frees the segments of nodes that left `cluster.nodes` and hold no lease any more
+    /// (their leases are released first, by the projector).
+    FreeSegments,
 }
 
 /// Why a command was refused; nothing was written.
@@ -60,6 +63,21 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Change>, Rejected> {
                     Err(e) => errors.push(e),
                 }
             }
+        }
+        Command::FreeSegments => {
+            for net in network::networks(&cfg.clone(), None) {
+                if net.ntype != NetType::RoutedBridge || net.origin != NetOrigin::Cluster {
+                    continue;
+                }
+                let members = cfg.cluster_nodes();
+                for node in cfg.subnets(&net.name).keys() {
+                    if !members.contains(node) && state.leases_on(&net.name, node) == 0 {
+                        cfg.cluster
+                            .remove(&format!("network#{}.subnet@{node}", net.name));
+                    }
+                }
+            }
+            return Ok(diff(&state.config, &cfg, &[]));
         }
         Command::Unset { node, targets } => {
             for t in targets {
@@ -108,6 +126,7 @@ pub fn decide(state: &State, cmd: &Command) -> Result<Vec<Change>, Rejected> {
 fn node_of(cmd: &Command) -> Option<&str> {
     match cmd {
         Command::Set { node, .. } | Command::Unset { node, .. } => node.as_deref(),
+        Command::FreeSegments => None,
     }
 }
 

@@ -141,6 +141,13 @@ impl Envelope {
             ("node.applied", _) => Event::NodeApplied(wire.data.deserialized().map_err(payload)?),
             ("ip.allocated", _) => Event::IpAllocated(wire.data.deserialized().map_err(payload)?),
             ("ip.released", _) => Event::IpReleased(wire.data.deserialized().map_err(payload)?),
+            ("object.changed", _) => {
+                Event::ObjectChanged(wire.data.deserialized().map_err(payload)?)
+            }
+            ("object.target", _) => Event::ObjectTarget(wire.data.deserialized().map_err(payload)?),
+            ("instance.status", _) => {
+                Event::InstanceStatus(wire.data.deserialized().map_err(payload)?)
+            }
             _ => {
                 return Ok(Decoded::Skipped(Skip::UnknownKind {
                     kind: wire.kind,

@@ -54,6 +54,10 @@ pub struct Owner {
     /// CNI container id and interface name: the idempotency key of a CNI ADD.
     pub container_id: String,
     pub ifname: String,
+    /// The network namespace the attachment lives in (`/var/run/netns/NAME`,
+    /// `/proc/PID/ns/net`): when it is gone, the lease is stale. Empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub netns: String,
 }
 
 /// Every kind of event. The wire tag (`kind`) is given by [`Event::kind`].
@@ -65,6 +69,80 @@ pub enum Event {
     NodeApplied(NodeApplied),
     IpAllocated(IpAllocated),
     IpReleased(IpReleased),
+    ObjectChanged(ObjectChanged),
+    ObjectTarget(ObjectTarget),
+    InstanceStatus(InstanceStatus),
+}
+
+/// `object.changed`: keyword changes of one service object (`om <path> set|unset`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectChanged {
+    pub path: String,
+    pub changes: Vec<Change>,
+}
+
+/// Where an object should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Started on this node.
+    Started { node: String },
+    /// Stopped everywhere.
+    Stopped,
+}
+
+/// `object.target`: `om <path> start --node N` or `om <path> stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectTarget {
+    pub path: String,
+    pub target: Target,
+}
+
+/// State of an instance or of one of its resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Up {
+    Up,
+    Down,
+    Failed,
+}
+
+impl Up {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Up::Up => "up",
+            Up::Down => "down",
+            Up::Failed => "failed",
+        }
+    }
+}
+
+/// One ip resource of an instance, as the node applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub rid: String,
+    pub network: String,
+    pub state: Up,
+    /// The address with its prefix length (`10.11.0.2/22`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpNet>,
+    pub netns: String,
+    pub ifname: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `instance.status`: what a node did for an object's target (on the node's subject).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub path: String,
+    pub node: String,
+    pub state: Up,
+    /// The `object.target` event (stream sequence) this status answers.
+    pub target_seq: u64,
+    pub resources: Vec<ResourceStatus>,
 }
 
 /// `config.changed`: all the `--kw` of one command, plus what they made necessary.
@@ -121,6 +199,9 @@ impl Event {
             Event::NodeApplied(_) => "node.applied",
             Event::IpAllocated(_) => "ip.allocated",
             Event::IpReleased(_) => "ip.released",
+            Event::ObjectChanged(_) => "object.changed",
+            Event::ObjectTarget(_) => "object.target",
+            Event::InstanceStatus(_) => "instance.status",
         }
     }
 
@@ -180,6 +261,30 @@ impl Event {
                 r.node,
                 r.reason
             )],
+            Event::ObjectChanged(o) => o
+                .changes
+                .iter()
+                .map(|ch| match &ch.value {
+                    Some(v) => format!("{}: set {}={v}", o.path, ch.key),
+                    None => format!("{}: unset {}", o.path, ch.key),
+                })
+                .collect(),
+            Event::ObjectTarget(t) => vec![match &t.target {
+                Target::Started { node } => format!("start {} on {node}", t.path),
+                Target::Stopped => format!("stop {}", t.path),
+            }],
+            Event::InstanceStatus(i) => {
+                let mut s = format!("{} {} on {}", i.path, i.state.as_str(), i.node);
+                for r in &i.resources {
+                    if let Some(ip) = r.ip {
+                        s.push_str(&format!(", {} {ip}", r.rid));
+                    }
+                    if let Some(e) = &r.error {
+                        s.push_str(&format!(", {}: {e}", r.rid));
+                    }
+                }
+                vec![s]
+            }
         }
     }
 }

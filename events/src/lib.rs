@@ -13,6 +13,8 @@
 //! - [`keyword`]: keyword syntax (`K=V`, `K+=V`, `K-=V`, `K@node`) and the catalogue.
 //! - [`config`]: cluster and node configuration layers, merged and scoped lookups.
 //! - [`network`]: the networks a view (cluster or node) derives from the configuration.
+//! - [`object`]: service objects, their ip resources, `expose` values and decisions.
+//! - [`ipam`]: address allocation decisions in a node's segment.
 //! - [`segment`]: CIDR and segment arithmetic (IPv4 and IPv6, on `u128`).
 //! - [`snapshot`]: folded states saved with their sequence and schema.
 //! - [`state`]: the fold of events into the cluster state.
@@ -28,9 +30,11 @@ pub mod config;
 pub mod decide;
 pub mod envelope;
 pub mod event;
+pub mod ipam;
 pub mod keyword;
 pub mod log;
 pub mod network;
+pub mod object;
 pub mod query;
 pub mod segment;
 pub mod snapshot;

@@ -331,52 +331,78 @@ pub async fn execute_with_id<L: EventLog>(
     id: Uuid,
 ) -> Result<Outcome, CommandError> {
     let config = subjects.config();
+    let out = execute_event(log, subjects, state, actor, now_ms, &config, id, |st| {
+        let changes = decide(st, cmd)?;
+        Ok((!changes.is_empty()).then_some(Event::ConfigChanged(ConfigChanged { changes })))
+    })
+    .await?;
+    let changes = match out.event {
+        Some(Event::ConfigChanged(c)) => c.changes,
+        _ => Vec::new(),
+    };
+    Ok(Outcome {
+        seq: out.seq,
+        changes,
+        id,
+        attempts: out.attempts,
+    })
+}
+
+/// What [`execute_event`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventOutcome {
+    /// Stream sequence of the event, `None` when the decision was "nothing to do".
+    pub seq: Option<u64>,
+    pub event: Option<Event>,
+    pub attempts: u32,
+}
+
+/// Runs a decision against the log: catch up, `decide`, append its event to `subject`
+/// conditioned on that subject's last sequence; on conflict or a lost ack, catch up
+/// (recognising our own event by its id) and decide again, a bounded number of times.
+#[allow(clippy::too_many_arguments)]
+pub async fn execute_event<L: EventLog>(
+    log: &L,
+    subjects: &Subjects,
+    state: &mut State,
+    actor: &str,
+    now_ms: impl Fn() -> u64,
+    subject: &str,
+    id: Uuid,
+    decide: impl Fn(&State) -> Result<Option<Event>, Rejected>,
+) -> Result<EventOutcome, CommandError> {
     for attempt in 1..=MAX_ATTEMPTS {
         for env in catch_up(log, subjects, state).await? {
             if env.id == id {
-                let Event::ConfigChanged(c) = env.event else {
-                    unreachable!("our id, our kind")
-                };
-                return Ok(Outcome {
-                    seq: Some(state.last_on(&config)),
-                    changes: c.changes,
-                    id,
+                return Ok(EventOutcome {
+                    seq: Some(state.last_on(subject)),
+                    event: Some(env.event),
                     attempts: attempt,
                 });
             }
         }
-        let changes = decide(state, cmd)?;
-        if changes.is_empty() {
-            return Ok(Outcome {
+        let Some(event) = decide(state)? else {
+            return Ok(EventOutcome {
                 seq: None,
-                changes,
-                id,
+                event: None,
                 attempts: attempt,
             });
-        }
-        let mut env = Envelope::new(
-            &subjects.cluster,
-            actor,
-            now_ms(),
-            Event::ConfigChanged(ConfigChanged {
-                changes: changes.clone(),
-            }),
-        );
+        };
+        let mut env = Envelope::new(&subjects.cluster, actor, now_ms(), event.clone());
         env.id = id;
         match log
             .append(
-                &config,
-                Some(state.last_on(&config)),
+                subject,
+                Some(state.last_on(subject)),
                 &id.to_string(),
                 env.encode(),
             )
             .await
         {
             Ok(ack) => {
-                return Ok(Outcome {
+                return Ok(EventOutcome {
                     seq: Some(ack.seq),
-                    changes,
-                    id,
+                    event: Some(event),
                     attempts: attempt,
                 })
             }

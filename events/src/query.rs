@@ -33,6 +33,8 @@ pub enum Query {
     Ips { name: Option<String> },
     /// The whole folded state, for writers to start from instead of replaying.
     State,
+    /// Service objects (all, or the one at `path`).
+    Objects { path: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +45,7 @@ pub enum Answer {
     Config { text: String },
     Ips { ips: Vec<IpRow> },
     State { state: Box<State> },
+    Objects { objects: Vec<view::ObjectView> },
     Error { message: String },
 }
 
@@ -76,6 +79,9 @@ pub fn answer(state: &State, q: &Query) -> Answer {
         },
         Query::State => Answer::State {
             state: Box::new(state.clone()),
+        },
+        Query::Objects { path } => Answer::Objects {
+            objects: view::objects(state, path.as_deref()),
         },
     }
 }

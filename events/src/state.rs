@@ -28,6 +28,28 @@ pub struct Applied {
     pub time_ms: u64,
 }
 
+/// A service object: its configuration, its target and what nodes reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    pub config: crate::config::Layer,
+    /// The last `object.target` and its stream sequence.
+    pub target: Option<(Target, u64)>,
+    /// The last `instance.status` of each node.
+    pub instances: BTreeMap<String, Instance>,
+}
+
+/// A node's last report on an object instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub status: InstanceStatus,
+    pub seq: u64,
+    pub time_ms: u64,
+}
+
+/// Key of a lease: (network, node, address). Bridge networks are local to each node, so
+/// two nodes may lease the same address; routed_bridge segments never overlap.
+pub type LeaseKey = (String, String, IpAddr);
+
 /// A live lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -55,8 +77,13 @@ pub struct State {
     pub last_segment: BTreeMap<String, BTreeMap<String, IpNet>>,
     pub announced: BTreeMap<String, Announce>,
     pub applied: BTreeMap<String, Applied>,
-    /// Live leases by (network, ip).
-    pub leases: BTreeMap<(String, IpAddr), Lease>,
+    /// Live leases.
+    pub leases: BTreeMap<LeaseKey, Lease>,
+    /// The last address each (network, object path, rid) held: a restarted instance gets it
+    /// back when it is free.
+    pub last_ip: BTreeMap<(String, String, String), IpAddr>,
+    /// Service objects by path.
+    pub objects: BTreeMap<String, Object>,
     /// Messages skipped (unknown kind, newer schema, malformed): count, for status.
     pub skipped: u64,
 }
@@ -100,8 +127,14 @@ impl State {
                 );
             }
             Event::IpAllocated(a) => {
+                if !a.owner.path.is_empty() {
+                    self.last_ip.insert(
+                        (a.network.clone(), a.owner.path.clone(), a.owner.rid.clone()),
+                        a.ip,
+                    );
+                }
                 self.leases.insert(
-                    (a.network.clone(), a.ip),
+                    (a.network.clone(), a.node.clone(), a.ip),
                     Lease {
                         network: a.network.clone(),
                         node: a.node.clone(),
@@ -113,7 +146,35 @@ impl State {
                 );
             }
             Event::IpReleased(r) => {
-                self.leases.remove(&(r.network.clone(), r.ip));
+                self.leases
+                    .remove(&(r.network.clone(), r.node.clone(), r.ip));
+            }
+            Event::ObjectChanged(o) => {
+                let obj = self.objects.entry(o.path.clone()).or_default();
+                for ch in &o.changes {
+                    match &ch.value {
+                        Some(v) => obj.config.insert(ch.key.clone(), v.clone()),
+                        None => obj.config.remove(&ch.key),
+                    };
+                }
+            }
+            Event::ObjectTarget(t) => {
+                self.objects.entry(t.path.clone()).or_default().target =
+                    Some((t.target.clone(), seq));
+            }
+            Event::InstanceStatus(i) => {
+                self.objects
+                    .entry(i.path.clone())
+                    .or_default()
+                    .instances
+                    .insert(
+                        i.node.clone(),
+                        Instance {
+                            status: i.clone(),
+                            seq,
+                            time_ms,
+                        },
+                    );
             }
         }
     }

@@ -31,6 +31,9 @@ pub struct IpRow {
     pub node: String,
     pub path: String,
     pub rid: String,
+    /// The network's type, as `om net ip ls` shows it.
+    #[serde(default)]
+    pub net_type: String,
 }
 
 /// A node's share of a network and what it last reported.
@@ -76,6 +79,7 @@ fn row(state: &State, label: String, n: &Network) -> NetworkStatus {
             node: l.node.clone(),
             path: l.owner.path.clone(),
             rid: l.owner.rid.clone(),
+            net_type: n.ntype.as_str().to_string(),
         })
         .collect();
     // The seed and v2 sort by the address as text.
@@ -141,5 +145,94 @@ pub fn leases(state: &State, name: Option<&str>) -> Vec<IpRow> {
     status(state, None, name)
         .into_iter()
         .flat_map(|s| s.ips)
+        .collect()
+}
+
+/// `om <path> status`: an object's configuration, target and instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectView {
+    pub path: String,
+    /// `up`, `down`, `starting`, `stopping`, `failed`.
+    pub state: String,
+    /// `started on N`, `stopped`, or empty when never started.
+    pub target: String,
+    pub config: Vec<(String, String)>,
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub node: String,
+    pub state: String,
+    /// The instance answered the current target.
+    pub current: bool,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub resources: Vec<crate::event::ResourceStatus>,
+}
+
+/// Every object (or the one at `path`), sorted by path.
+pub fn objects(state: &State, path: Option<&str>) -> Vec<ObjectView> {
+    use crate::event::{Target, Up};
+    state
+        .objects
+        .iter()
+        .filter(|(p, _)| path.is_none_or(|x| x == p.as_str()))
+        .map(|(p, o)| {
+            let tseq = o.target.as_ref().map(|(_, s)| *s).unwrap_or(0);
+            let instances: Vec<InstanceView> = o
+                .instances
+                .iter()
+                .map(|(node, i)| InstanceView {
+                    node: node.clone(),
+                    state: i.status.state.as_str().to_string(),
+                    current: i.status.target_seq >= tseq,
+                    seq: i.seq,
+                    time_ms: i.time_ms,
+                    resources: i.status.resources.clone(),
+                })
+                .collect();
+            let inst = |n: &str| o.instances.get(n).filter(|i| i.status.target_seq >= tseq);
+            let state = match &o.target {
+                None => "down".to_string(),
+                Some((Target::Started { node }, _)) => match inst(node).map(|i| i.status.state) {
+                    Some(Up::Up) => "up".into(),
+                    Some(Up::Failed) => "failed".into(),
+                    _ => "starting".into(),
+                },
+                Some((Target::Stopped, _)) => {
+                    let stopping = o
+                        .instances
+                        .values()
+                        .any(|i| i.status.state != Up::Down && i.status.target_seq < tseq);
+                    let failed = o
+                        .instances
+                        .values()
+                        .any(|i| i.status.state == Up::Failed && i.status.target_seq >= tseq);
+                    if failed {
+                        "failed".into()
+                    } else if stopping {
+                        "stopping".into()
+                    } else {
+                        "down".into()
+                    }
+                }
+            };
+            ObjectView {
+                path: p.clone(),
+                state,
+                target: match &o.target {
+                    Some((Target::Started { node }, _)) => format!("started on {node}"),
+                    Some((Target::Stopped, _)) => "stopped".into(),
+                    None => String::new(),
+                },
+                config: o
+                    .config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                instances,
+            }
+        })
         .collect()
 }

@@ -131,6 +131,7 @@ fn generate() -> Vec<Stored> {
                     rid: "ip#0".into(),
                     container_id: format!("c{slot}"),
                     ifname: "eth0".into(),
+                    netns: String::new(),
                 };
                 let ev = if (i / 5000).is_multiple_of(2) {
                     Event::IpAllocated(IpAllocated {

@@ -10,6 +10,9 @@ use std::path::Path;
 
 pub const CNI_VERSION: &str = "0.3.0";
 
+/// The IPAM socket's file name in the daemon's state directory.
+pub const IPAM_SOCKET: &str = "ipam.sock";
+
 fn pretty(v: &serde_json::Value) -> String {
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"   ");
@@ -18,10 +21,11 @@ fn pretty(v: &serde_json::Value) -> String {
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-/// bridge and routed_bridge: the `bridge` plugin on the node's bridge; `subnet` is the
-/// network (bridge) or this node's segment (routed_bridge); routes: default, and the whole
-/// network through the bridge address. host-local keeps its leases below the node's state
-/// directory, so daemons side by side do not share lease files.
+/// bridge and routed_bridge: the `bridge` plugin on the node's bridge, with this project's
+/// `om-ipam` plugin (decision 11: every allocation is an event), which asks the node's daemon
+/// on the unix socket `<state-dir>/ipam.sock`; `subnet` (the network for bridge, this node's
+/// segment for routed_bridge) is informational, as upstream's status reads it; routes:
+/// default, and the whole network through the bridge address.
 pub fn bridge(
     net: &Network,
     subnet: &IpNet,
@@ -35,10 +39,10 @@ pub fn bridge(
         "cniVersion": CNI_VERSION,
         "ipMasq": false,
         "ipam": {
-            "dataDir": state_dir.join("host-local").display().to_string(),
             "routes": [{"dst": default}, {"dst": whole.to_string(), "gw": gw.to_string()}],
+            "socket": state_dir.join(IPAM_SOCKET).display().to_string(),
             "subnet": subnet.to_string(),
-            "type": "host-local",
+            "type": "om-ipam",
         },
         "isGateway": true,
         "name": net.name,

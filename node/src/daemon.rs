@@ -7,16 +7,21 @@
 
 use crate::dataplane::Dataplane;
 use crate::desired::{self, desired, Facts};
+use crate::instance;
+use crate::ipam_proto::{self, code};
 use crate::plan::{owned_link, plan, Op};
+use crate::plugin::Plugins;
 use crate::reconcile::{apply, observe, Manifest};
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use om_events::envelope::Envelope;
-use om_events::event::{Event, NodeAnnounced, NodeApplied};
-use om_events::log::{fold_stored, EventLog};
+use om_events::event::{Event, InstanceStatus, NodeAnnounced, NodeApplied, Owner, Target, Up};
+use om_events::ipam::{self, Alloc};
+use om_events::log::{fold_stored, EventLog, LogError, Stored};
 use om_events::subjects::Subjects;
 use om_events::State;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,6 +48,14 @@ pub struct SetupOutcome {
 /// A request for an immediate reconcile.
 pub type SetupRequest = oneshot::Sender<SetupOutcome>;
 
+/// A request of the `om-ipam` plugin, with where to answer.
+pub type IpamCall = (ipam_proto::Request, oneshot::Sender<ipam_proto::Reply>);
+
+type Sub = BoxStream<'static, Result<Stored, LogError>>;
+
+/// How long an IPAM request keeps retrying while the event log is unreachable.
+const IPAM_DEADLINE: Duration = Duration::from_secs(30);
+
 #[derive(Serialize, Deserialize)]
 struct Local {
     seq: u64,
@@ -68,6 +81,12 @@ pub struct Daemon<D, L> {
     last_report: Option<NodeApplied>,
     manifest: Manifest,
     resolved: BTreeMap<String, (Instant, Vec<IpAddr>)>,
+    /// Objects with a start or stop under way.
+    busy: BTreeSet<String>,
+    /// The instance statuses this daemon published, before the stream gives them back.
+    reported: BTreeMap<String, InstanceStatus>,
+    done_tx: mpsc::UnboundedSender<InstanceStatus>,
+    done_rx: Option<mpsc::UnboundedReceiver<InstanceStatus>>,
 }
 
 impl<D: Dataplane, L: EventLog> Daemon<D, L> {
@@ -76,6 +95,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
         let local: Option<Local> = std::fs::read(opts.state_dir.join("state.cbor"))
             .ok()
             .and_then(|b| om_events::query::decode(&b).ok());
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (state, relevant_seq) = match local {
             Some(l) => (l.state, l.relevant_seq),
             None => (State::default(), 0),
@@ -90,6 +110,10 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             last_report: None,
             manifest,
             resolved: BTreeMap::new(),
+            busy: BTreeSet::new(),
+            reported: BTreeMap::new(),
+            done_tx,
+            done_rx: Some(done_rx),
         }
     }
 
@@ -126,7 +150,12 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
     fn relevant(&self, env: &Envelope) -> bool {
         match &env.event {
             Event::ConfigChanged(_) | Event::NodeAnnounced(_) => true,
-            Event::NodeApplied(_) | Event::IpAllocated(_) | Event::IpReleased(_) => false,
+            Event::NodeApplied(_)
+            | Event::IpAllocated(_)
+            | Event::IpReleased(_)
+            | Event::ObjectChanged(_)
+            | Event::ObjectTarget(_)
+            | Event::InstanceStatus(_) => false,
         }
     }
 
@@ -136,6 +165,8 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
         mut setup: mpsc::Receiver<SetupRequest>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        let mut ipam_rx = crate::ipam_server::listen(&self.opts.state_dir)?;
+        let mut done_rx = self.done_rx.take().expect("run once");
         let last = self.log.last_seq().await?;
         if last < self.state.seq {
             let why = format!(
@@ -172,6 +203,8 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
         }
         tracing::info!(node = %self.opts.node, seq = self.state.seq, "caught up");
         self.reconcile().await;
+        self.release_stale(&mut sub).await;
+        self.drive_instances();
         let mut tick = tokio::time::interval(self.opts.period);
         tick.reset();
         tokio::pin!(shutdown);
@@ -187,14 +220,30 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
                     if dirty {
                         self.reconcile().await;
                     }
+                    self.drive_instances();
                 }
-                _ = tick.tick() => { self.reconcile().await; }
+                Some((req, reply)) = ipam_rx.recv() => {
+                    let out = self.ipam(&mut sub, req).await;
+                    let _ = reply.send(out);
+                }
+                Some(status) = done_rx.recv() => {
+                    self.busy.remove(&status.path);
+                    self.report_instance(status).await;
+                    self.drive_instances();
+                }
+                _ = tick.tick() => {
+                    self.reconcile().await;
+                    self.check_instances().await;
+                    self.release_stale(&mut sub).await;
+                    self.drive_instances();
+                }
                 Some(reply) = setup.recv() => {
                     let out = self.reconcile().await;
                     let _ = reply.send(out);
                 }
                 _ = &mut shutdown => {
                     self.save_local();
+                    let _ = std::fs::remove_file(self.opts.state_dir.join(crate::cni::IPAM_SOCKET));
                     return Ok(());
                 }
             }
@@ -410,4 +459,430 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             Err(e) => tracing::warn!("announce: {e}"),
         }
     }
+}
+
+impl<D: Dataplane, L: EventLog> Daemon<D, L> {
+    /// Records one of this daemon's own appends in the state at once (its subject's last
+    /// sequence and the event), without moving the position: the subscription delivers it
+    /// again in order, and folding it twice changes nothing.
+    fn apply_own(&mut self, subject: &str, seq: u64, time_ms: u64, ev: &Event) {
+        let pos = self.state.seq;
+        self.state.apply(seq, time_ms, ev);
+        self.state.seq = pos;
+        let last = self.state.last_on(subject).max(seq);
+        self.state.subject_seq.insert(subject.to_string(), last);
+    }
+
+    /// Folds what the subscription has, waiting up to `wait` for a first message.
+    async fn drain(&mut self, sub: &mut Sub, wait: Duration) {
+        let mut dirty = false;
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(wait, sub.next()).await {
+            dirty |= self.fold(&m);
+            while let Some(Some(Ok(m))) = sub.next().now_or_never() {
+                dirty |= self.fold(&m);
+            }
+        }
+        if dirty {
+            self.reconcile().await;
+        }
+    }
+
+    /// Appends the event `decide` gives, on `subject`, conditioned on its last sequence;
+    /// on a conflict or an unreachable log, folds what is new and decides again, until
+    /// [`IPAM_DEADLINE`]. `Ok(None)`: nothing to write.
+    async fn append_decided(
+        &mut self,
+        sub: &mut Sub,
+        subject: &str,
+        decide: impl Fn(&State) -> Result<Option<Event>, ipam_proto::Reply>,
+    ) -> Result<Option<Event>, ipam_proto::Reply> {
+        let deadline = Instant::now() + IPAM_DEADLINE;
+        let id = uuid_now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let Some(ev) = decide(&self.state)? else {
+                return Ok(None);
+            };
+            let mut env = Envelope::new(
+                &self.subjects.cluster,
+                &self.opts.node,
+                now_ms(),
+                ev.clone(),
+            );
+            env.id = id;
+            let expected = self.state.last_on(subject);
+            let err = match self
+                .log
+                .append(subject, Some(expected), &id.to_string(), env.encode())
+                .await
+            {
+                Ok(ack) => {
+                    self.apply_own(subject, ack.seq, env.time_ms, &ev);
+                    return Ok(Some(ev));
+                }
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(ipam_proto::Reply::Error {
+                    code: code::TRY_AGAIN_LATER,
+                    msg: format!(
+                        "om-node {}: could not record the change on {subject}: {err}",
+                        self.opts.node
+                    ),
+                    details: format!("{attempt} attempts in {} s", IPAM_DEADLINE.as_secs()),
+                });
+            }
+            match err {
+                LogError::Conflict { .. } => self.drain(sub, Duration::from_millis(200)).await,
+                other => {
+                    tracing::warn!("append to {subject}: {other}; retrying");
+                    let pause = Duration::from_millis(50 * u64::from(attempt.min(10)));
+                    self.drain(sub, pause).await;
+                }
+            }
+        }
+    }
+
+    /// Answers one request of the `om-ipam` plugin.
+    async fn ipam(&mut self, sub: &mut Sub, req: ipam_proto::Request) -> ipam_proto::Reply {
+        use ipam_proto::{Command, Reply};
+        let node = self.opts.node.clone();
+        let refused = |msg: String| Reply::Error {
+            code: code::REFUSED,
+            msg,
+            details: String::new(),
+        };
+        let pool = match ipam::pool(&self.state, &req.network, &node) {
+            Ok(p) => p,
+            Err(e) if req.command == Command::Add || req.command == Command::Check => {
+                return refused(e)
+            }
+            Err(_) => {
+                // DEL and GC still find leases of a network this node no longer allocates in.
+                ipam::Pool {
+                    network: req.network.clone(),
+                    node: node.clone(),
+                    subnet: "0.0.0.0/0".parse().expect("literal"),
+                    gateway: "0.0.0.0".parse().expect("literal"),
+                    whole: "0.0.0.0/0".parse().expect("literal"),
+                }
+            }
+        };
+        let subject = self.subjects.ipam(&req.network, &node);
+        let lease_reply = |l: &om_events::state::Lease| Reply::Ok {
+            lease: Some(ipam_proto::Lease {
+                address: format!("{}/{}", l.ip, pool.subnet.prefix_len()),
+                gateway: pool.gateway.to_string(),
+            }),
+        };
+        match req.command {
+            Command::Status => Reply::Ok { lease: None },
+            Command::Add => {
+                let owner = Owner {
+                    path: req.path.clone(),
+                    rid: req.rid.clone(),
+                    container_id: req.container_id.clone(),
+                    ifname: req.ifname.clone(),
+                    netns: req.netns.clone(),
+                };
+                let decided = self
+                    .append_decided(sub, &subject, |st| {
+                        match ipam::allocate(st, &pool, &owner) {
+                            Ok(Alloc::Existing(_)) => Ok(None),
+                            Ok(Alloc::New(a)) => Ok(Some(Event::IpAllocated(a))),
+                            Err(msg) => Err(Reply::Error {
+                                code: code::NO_ADDRESS,
+                                msg,
+                                details: String::new(),
+                            }),
+                        }
+                    })
+                    .await;
+                if let Err(e) = decided {
+                    return e;
+                }
+                match ipam::leases_of(&self.state, &req.network, &node)
+                    .into_iter()
+                    .find(|l| {
+                        l.owner.container_id == req.container_id && l.owner.ifname == req.ifname
+                    }) {
+                    Some(l) => lease_reply(l),
+                    None => refused(format!(
+                        "network {}: the lease of {} {} vanished",
+                        req.network, req.container_id, req.ifname
+                    )),
+                }
+            }
+            Command::Check => match ipam::leases_of(&self.state, &req.network, &node)
+                .into_iter()
+                .find(|l| l.owner.container_id == req.container_id && l.owner.ifname == req.ifname)
+            {
+                Some(l) => lease_reply(l),
+                None => refused(format!(
+                    "network {}: no lease for container {} interface {} on node {node}",
+                    req.network, req.container_id, req.ifname
+                )),
+            },
+            Command::Del => {
+                let reason = if req.reason.is_empty() {
+                    "cni del"
+                } else {
+                    req.reason.as_str()
+                };
+                let r = self
+                    .append_decided(sub, &subject, |st| {
+                        Ok(ipam::release(
+                            st,
+                            &req.network,
+                            &node,
+                            &req.container_id,
+                            &req.ifname,
+                            reason,
+                        )
+                        .map(Event::IpReleased))
+                    })
+                    .await;
+                match r {
+                    Ok(_) => Reply::Ok { lease: None },
+                    Err(e) => e,
+                }
+            }
+            Command::Gc => {
+                let keep: BTreeSet<(String, String)> = req.valid.iter().cloned().collect();
+                loop {
+                    let r = self
+                        .append_decided(sub, &subject, |st| {
+                            Ok(ipam::leases_of(st, &req.network, &node)
+                                .into_iter()
+                                .find(|l| {
+                                    !keep.contains(&(
+                                        l.owner.container_id.clone(),
+                                        l.owner.ifname.clone(),
+                                    ))
+                                })
+                                .and_then(|l| {
+                                    ipam::release(
+                                        st,
+                                        &req.network,
+                                        &node,
+                                        &l.owner.container_id,
+                                        &l.owner.ifname,
+                                        "cni gc",
+                                    )
+                                })
+                                .map(Event::IpReleased))
+                        })
+                        .await;
+                    match r {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => return Reply::Ok { lease: None },
+                        Err(e) => return e,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases the leases of this node whose namespace is gone.
+    async fn release_stale(&mut self, sub: &mut Sub) {
+        let node = self.opts.node.clone();
+        let busy = self.busy.clone();
+        loop {
+            let stale: Vec<_> =
+                ipam::stale(&self.state, &node, |p| std::path::Path::new(p).exists())
+                    .into_iter()
+                    .filter(|r| !busy.contains(&r.owner.path) || r.owner.path.is_empty())
+                    .collect();
+            let Some(first) = stale.into_iter().next() else {
+                return;
+            };
+            let subject = self.subjects.ipam(&first.network, &node);
+            tracing::info!(
+                "release {} of {} {}: namespace {} is gone",
+                first.ip,
+                first.owner.container_id,
+                first.owner.ifname,
+                first.owner.netns
+            );
+            let (net, cid, ifn) = (
+                first.network.clone(),
+                first.owner.container_id.clone(),
+                first.owner.ifname.clone(),
+            );
+            let r = self
+                .append_decided(sub, &subject, |st| {
+                    Ok(ipam::release(st, &net, &node, &cid, &ifn, "owner gone")
+                        .map(Event::IpReleased))
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!("release stale lease: {e:?}");
+                return;
+            }
+        }
+    }
+
+    /// The status this daemon last gave for an object.
+    fn my_status(&self, path: &str) -> Option<InstanceStatus> {
+        self.reported.get(path).cloned().or_else(|| {
+            self.state
+                .objects
+                .get(path)
+                .and_then(|o| o.instances.get(&self.opts.node))
+                .map(|i| i.status.clone())
+        })
+    }
+
+    /// Starts or stops the instances whose target changed, as tasks.
+    fn drive_instances(&mut self) {
+        let me = self.opts.node.clone();
+        let paths: Vec<String> = self.state.objects.keys().cloned().collect();
+        for path in paths {
+            if self.busy.contains(&path) {
+                continue;
+            }
+            let obj = &self.state.objects[&path];
+            let Some((target, tseq)) = obj.target.clone() else {
+                continue;
+            };
+            let mine = self.my_status(&path);
+            let want_up = matches!(&target, Target::Started { node } if *node == me);
+            let start = want_up && mine.as_ref().is_none_or(|s| s.target_seq < tseq);
+            let stop = !want_up
+                && mine
+                    .as_ref()
+                    .is_some_and(|s| s.state != Up::Down && s.target_seq < tseq);
+            if !start && !stop {
+                continue;
+            }
+            let spec = match self.spec(&path, tseq) {
+                Ok(s) => s,
+                Err(errors) => {
+                    let status = InstanceStatus {
+                        path: path.clone(),
+                        node: me.clone(),
+                        state: Up::Failed,
+                        target_seq: tseq,
+                        resources: errors
+                            .into_iter()
+                            .map(|e| om_events::event::ResourceStatus {
+                                rid: String::new(),
+                                network: String::new(),
+                                state: Up::Failed,
+                                ip: None,
+                                netns: String::new(),
+                                ifname: String::new(),
+                                expose: Vec::new(),
+                                error: Some(e),
+                            })
+                            .collect(),
+                    };
+                    let _ = self.done_tx.send(status);
+                    self.busy.insert(path);
+                    continue;
+                }
+            };
+            self.busy.insert(path.clone());
+            let tx = self.done_tx.clone();
+            let reason = if matches!(target, Target::Started { .. }) {
+                "moved"
+            } else {
+                "stop"
+            };
+            tracing::info!(
+                "{} {path} (target seq {tseq})",
+                if start { "start" } else { "stop" }
+            );
+            tokio::spawn(async move {
+                let status = if start {
+                    instance::start(&spec).await
+                } else {
+                    instance::stop(&spec, reason).await
+                };
+                let _ = tx.send(status);
+            });
+        }
+    }
+
+    fn spec(&self, path: &str, tseq: u64) -> Result<instance::Spec, Vec<String>> {
+        let obj = &self.state.objects[path];
+        let cfg = &self.state.config;
+        let me = &self.opts.node;
+        Ok(instance::Spec {
+            path: path.to_string(),
+            node: me.clone(),
+            target_seq: tseq,
+            own_netns: om_events::object::netns_name(&self.subjects.cluster, path),
+            resources: om_events::object::resources(&obj.config)?,
+            cni_dir: PathBuf::from(
+                cfg.lookup(Some(me), "cni", "config")
+                    .unwrap_or(om_events::network::DEFAULT_CNI_CONFIG),
+            ),
+            plugins: Plugins::new(cfg.lookup(Some(me), "cni", "plugins")),
+        })
+    }
+
+    /// Publishes an instance status.
+    async fn report_instance(&mut self, status: InstanceStatus) {
+        tracing::info!(
+            "{} {} on {}",
+            status.path,
+            status.state.as_str(),
+            status.node
+        );
+        for r in &status.resources {
+            if let Some(e) = &r.error {
+                tracing::warn!("{} {}: {e}", status.path, r.rid);
+            }
+        }
+        match self.publish(Event::InstanceStatus(status.clone())).await {
+            Ok(_) => {
+                self.reported.insert(status.path.clone(), status);
+            }
+            Err(e) => {
+                tracing::warn!("report {}: {e}", status.path);
+                self.reported.insert(status.path.clone(), status);
+            }
+        }
+    }
+
+    /// An instance reported up whose own namespace was removed by hand is down.
+    async fn check_instances(&mut self) {
+        let me = self.opts.node.clone();
+        let paths: Vec<String> = self.state.objects.keys().cloned().collect();
+        for path in paths {
+            if self.busy.contains(&path) {
+                continue;
+            }
+            let Some(mine) = self.my_status(&path) else {
+                continue;
+            };
+            if mine.state != Up::Up {
+                continue;
+            }
+            let gone: Vec<String> = mine
+                .resources
+                .iter()
+                .filter(|r| !r.netns.is_empty() && !std::path::Path::new(&r.netns).exists())
+                .map(|r| r.netns.clone())
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            let mut down = mine.clone();
+            down.node = me.clone();
+            down.state = Up::Down;
+            for r in &mut down.resources {
+                r.state = Up::Down;
+                r.ip = None;
+                r.error = Some(format!("network namespace {} is gone", r.netns));
+            }
+            self.report_instance(down).await;
+        }
+    }
+}
+
+fn uuid_now() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
 }

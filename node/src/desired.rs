@@ -28,7 +28,7 @@ pub struct Facts {
     pub resolved: BTreeMap<String, Vec<IpAddr>>,
     /// Routing table names (`rt_tables`) ⇒ ids.
     pub tables: BTreeMap<String, u32>,
-    /// The node's state directory (host-local IPAM data lives below it).
+    /// The node's state directory (the IPAM socket lives in it).
     pub state_dir: PathBuf,
 }
 

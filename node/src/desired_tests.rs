@@ -73,7 +73,6 @@ fn gold_cni_config_for_node2() {
    "cniVersion": "0.3.0",
    "ipMasq": false,
    "ipam": {
-      "dataDir": "/var/lib/om-node/host-local",
       "routes": [
          {
             "dst": "0.0.0.0/0"
@@ -83,8 +82,9 @@ fn gold_cni_config_for_node2() {
             "gw": "10.11.4.1"
          }
       ],
+      "socket": "/var/lib/om-node/ipam.sock",
       "subnet": "10.11.4.0/22",
-      "type": "host-local"
+      "type": "om-ipam"
    },
    "isGateway": true,
    "name": "backend",

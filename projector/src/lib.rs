@@ -81,11 +81,13 @@ pub async fn run(
         shared.clone(),
         opts.max_wait,
     ));
+    let reaping = tokio::spawn(reap(log.clone(), shared.clone()));
     let result = tokio::select! {
         r = consume(consumer, shared.clone(), snaps.clone(), opts.snapshot_interval) => r,
         _ = shutdown => Ok(()),
     };
     serving.abort();
+    reaping.abort();
     // Final snapshot so the next start replays nothing.
     let st = shared.state.read().await.clone();
     if let Err(e) = snaps.save(DURABLE, st.seq, &st).await {
@@ -247,5 +249,87 @@ pub async fn answer(shared: &Shared, req: &Request, max_wait: Duration) -> Reply
         seq: st.seq,
         stale: !reached,
         answer: query::answer(&st, &req.query),
+    }
+}
+
+/// The single authority that releases the leases of nodes removed from `cluster.nodes`
+/// (each release conditioned on its subject's last sequence, so it happens exactly once,
+/// whoever else tries), then frees their segments.
+async fn reap(log: JetStreamLog, shared: Shared) {
+    use om_events::decide::{decide, Command};
+    use om_events::event::Event;
+    let subjects = log.subjects.clone();
+    let mut rx = shared.applied.subscribe();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let todo = {
+            let st = shared.state.read().await;
+            !om_events::ipam::orphaned(&st).is_empty()
+                || decide(&st, &Command::FreeSegments).is_ok_and(|c| !c.is_empty())
+        };
+        if !todo {
+            continue;
+        }
+        let mut st = shared.state.read().await.clone();
+        for r in om_events::ipam::orphaned(&st) {
+            let subject = subjects.ipam(&r.network, &r.node);
+            let out = om_events::log::execute_event(
+                &log,
+                &subjects,
+                &mut st,
+                "projector",
+                now,
+                &subject,
+                uuid::Uuid::now_v7(),
+                |s| {
+                    Ok(om_events::ipam::release(
+                        s,
+                        &r.network,
+                        &r.node,
+                        &r.owner.container_id,
+                        &r.owner.ifname,
+                        "node removed",
+                    )
+                    .map(Event::IpReleased))
+                },
+            )
+            .await;
+            match out {
+                Ok(o) if o.seq.is_some() => tracing::info!(
+                    "released {} of {} on {}: the node left cluster.nodes",
+                    r.ip,
+                    r.owner.container_id,
+                    r.node
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("release {} on {}: {e}", r.ip, r.node),
+            }
+        }
+        match om_events::log::execute(
+            &log,
+            &subjects,
+            &mut st,
+            "projector",
+            now,
+            &Command::FreeSegments,
+        )
+        .await
+        {
+            Ok(o) if o.seq.is_some() => {
+                for c in &o.changes {
+                    tracing::info!("freed {}", c.key);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("free the segments of removed nodes: {e}"),
+        }
     }
 }

@@ -181,7 +181,6 @@ fn bridge_conf(name: &str, subnet: &str, whole: &str, gw: &str, state_dir: &Path
    "cniVersion": "0.3.0",
    "ipMasq": false,
    "ipam": {{
-      "dataDir": "{data}",
       "routes": [
          {{
             "dst": "0.0.0.0/0"
@@ -191,14 +190,15 @@ fn bridge_conf(name: &str, subnet: &str, whole: &str, gw: &str, state_dir: &Path
             "gw": "{gw}"
          }}
       ],
+      "socket": "{socket}",
       "subnet": "{subnet}",
-      "type": "host-local"
+      "type": "om-ipam"
    }},
    "isGateway": true,
    "name": "{name}",
    "type": "bridge"
 }}"#,
-        data = state_dir.join("host-local").display()
+        socket = state_dir.join("ipam.sock").display()
     )
 }
 
