@@ -135,6 +135,8 @@ pub struct JetStreamLog {
     js: jetstream::Context,
     stream: stream::Stream,
     pub subjects: Subjects,
+    /// The snapshot store, opened on first use.
+    snaps: std::sync::Arc<tokio::sync::OnceCell<SnapshotStore>>,
 }
 
 impl JetStreamLog {
@@ -161,6 +163,7 @@ impl JetStreamLog {
             js,
             stream,
             subjects,
+            snaps: Default::default(),
         })
     }
 
@@ -352,6 +355,22 @@ impl EventLog for JetStreamLog {
             .and_then(|m| async move { to_stored(&m) })
             .boxed())
     }
+
+    async fn put_snapshot(&self, name: &str, bytes: Vec<u8>) -> Result<(), LogError> {
+        self.snapshot_store().await?.put_bytes(name, &bytes).await
+    }
+
+    async fn get_snapshot(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
+        self.snapshot_store().await?.get_bytes(name).await
+    }
+}
+
+impl JetStreamLog {
+    async fn snapshot_store(&self) -> Result<&SnapshotStore, LogError> {
+        self.snaps
+            .get_or_try_init(|| SnapshotStore::open(&self.js, &self.subjects))
+            .await
+    }
 }
 
 pub use crate::snapshot::Snapshot;
@@ -389,20 +408,21 @@ impl SnapshotStore {
         state: &T,
     ) -> Result<usize, LogError> {
         let bytes = crate::snapshot::encode(seq, state);
-        let len = bytes.len();
-        self.store
-            .put(name, &mut bytes.as_slice())
-            .await
-            .map_err(|e| LogError::Other(format!("save snapshot {name}: {e}")))?;
-        Ok(len)
+        self.put_bytes(name, &bytes).await?;
+        Ok(bytes.len())
     }
 
-    /// Loads the snapshot `name`; `Ok(None)` when there is none, or when it was written by
-    /// another schema version (the caller then replays from the start).
-    pub async fn load<T: for<'de> serde::Deserialize<'de>>(
-        &self,
-        name: &str,
-    ) -> Result<Option<Snapshot<T>>, LogError> {
+    /// Saves already encoded snapshot bytes under `name`.
+    pub async fn put_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+        self.store
+            .put(name, &mut &bytes[..])
+            .await
+            .map_err(|e| LogError::Other(format!("save snapshot {name}: {e}")))?;
+        Ok(())
+    }
+
+    /// The bytes saved under `name`; `None` when there are none.
+    pub async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
         use tokio::io::AsyncReadExt;
         let mut obj = match self.store.get(name).await {
             Ok(o) => o,
@@ -415,6 +435,18 @@ impl SnapshotStore {
         obj.read_to_end(&mut bytes)
             .await
             .map_err(|e| LogError::Other(format!("read snapshot {name}: {e}")))?;
-        Ok(crate::snapshot::decode(name, &bytes))
+        Ok(Some(bytes))
+    }
+
+    /// Loads the snapshot `name`; `Ok(None)` when there is none, or when it was written by
+    /// another schema version (the caller then replays from the start).
+    pub async fn load<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        name: &str,
+    ) -> Result<Option<Snapshot<T>>, LogError> {
+        Ok(self
+            .get_bytes(name)
+            .await?
+            .and_then(|bytes| crate::snapshot::decode(name, &bytes)))
     }
 }

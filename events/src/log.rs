@@ -77,6 +77,21 @@ pub trait EventLog: Send + Sync {
         filter: &str,
         from: u64,
     ) -> impl Future<Output = Result<BoxStream<'static, Result<Stored, LogError>>, LogError>> + Send;
+
+    /// Saves `bytes` as the snapshot `name` of a reader, replacing the previous one. Kept
+    /// beside the stream (JetStream: the object store `OM_SNAP_<cluster>`), so a reader that
+    /// lost its disk still starts from its last fold rather than the first event.
+    fn put_snapshot(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<(), LogError>> + Send;
+
+    /// The snapshot saved under `name`; `None` when there is none.
+    fn get_snapshot(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, LogError>> + Send;
 }
 
 /// Does a NATS subject filter match a subject?
@@ -100,6 +115,7 @@ struct Inner {
     last_by_subject: HashMap<String, u64>,
     ids: HashMap<String, (u64, Instant)>,
     lose_next_ack: bool,
+    snapshots: HashMap<String, Vec<u8>>,
 }
 
 /// An in-memory event log with JetStream's rules. Cheap to clone (shared).
@@ -248,6 +264,19 @@ impl EventLog for MemoryLog {
             }
         });
         Ok(Box::pin(stream))
+    }
+
+    async fn put_snapshot(&self, name: &str, bytes: Vec<u8>) -> Result<(), LogError> {
+        self.inner
+            .lock()
+            .unwrap()
+            .snapshots
+            .insert(name.into(), bytes);
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(self.inner.lock().unwrap().snapshots.get(name).cloned())
     }
 }
 

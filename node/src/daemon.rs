@@ -4,6 +4,11 @@
 //! Local state (`<state-dir>/state.cbor`) keeps the folded state and its sequence, so a
 //! restart resumes where it stopped; a position the stream no longer has (the stream was
 //! recreated or purged past it) makes the daemon rebuild from the first event, saying so.
+//!
+//! The same fold is also saved beside the stream as the snapshot `node-<name>` (JetStream's
+//! object store; schema version and stream sequence inside), on every period tick when it
+//! moved and at shutdown, so a node that lost its disk (reinstalled, new state directory)
+//! starts from it and replays only the tail. The newer of the two wins.
 
 use crate::dataplane::Dataplane;
 use crate::desired::{self, desired, Facts};
@@ -63,6 +68,18 @@ struct Local {
     state: State,
 }
 
+/// The snapshot kept beside the stream: `{schema, seq, state: NodeSnapshot}`.
+#[derive(Serialize, Deserialize)]
+struct NodeSnapshot {
+    relevant_seq: u64,
+    state: State,
+}
+
+/// Name of a node daemon's snapshot in the snapshot store.
+pub fn snapshot_name(node: &str) -> String {
+    format!("node-{node}")
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -87,6 +104,8 @@ pub struct Daemon<D, L> {
     reported: BTreeMap<String, InstanceStatus>,
     done_tx: mpsc::UnboundedSender<InstanceStatus>,
     done_rx: Option<mpsc::UnboundedReceiver<InstanceStatus>>,
+    /// Sequence of the last snapshot saved beside the stream.
+    snapshot_seq: u64,
 }
 
 impl<D: Dataplane, L: EventLog> Daemon<D, L> {
@@ -114,6 +133,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             reported: BTreeMap::new(),
             done_tx,
             done_rx: Some(done_rx),
+            snapshot_seq: 0,
         }
     }
 
@@ -146,6 +166,53 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
         }
     }
 
+    /// Starts from the snapshot beside the stream when it is ahead of the local state (and
+    /// not ahead of the stream).
+    async fn load_snapshot(&mut self, last: u64) {
+        let name = snapshot_name(&self.opts.node);
+        let bytes = match self.log.get_snapshot(&name).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("snapshot {name}: {e}; starting from the local state");
+                return;
+            }
+        };
+        let Some(snap) = om_events::snapshot::decode::<NodeSnapshot>(&name, &bytes) else {
+            return;
+        };
+        self.snapshot_seq = snap.seq;
+        if snap.seq > self.state.seq && snap.seq <= last {
+            tracing::info!(
+                "starting from snapshot {name} at sequence {} (local state at {})",
+                snap.seq,
+                self.state.seq
+            );
+            self.state = snap.state.state;
+            self.state.seq = snap.seq;
+            self.relevant_seq = snap.state.relevant_seq;
+        }
+    }
+
+    /// Saves the fold beside the stream when it moved since the last save.
+    async fn save_snapshot(&mut self) {
+        if self.state.seq == self.snapshot_seq {
+            return;
+        }
+        let name = snapshot_name(&self.opts.node);
+        let bytes = om_events::snapshot::encode(
+            self.state.seq,
+            &NodeSnapshot {
+                relevant_seq: self.relevant_seq,
+                state: self.state.clone(),
+            },
+        );
+        match self.log.put_snapshot(&name, bytes).await {
+            Ok(()) => self.snapshot_seq = self.state.seq,
+            Err(e) => tracing::warn!("save snapshot {name} at {}: {e}", self.state.seq),
+        }
+    }
+
     /// Does this event change anything for this node's plumbing?
     fn relevant(&self, env: &Envelope) -> bool {
         match &env.event {
@@ -168,6 +235,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
         let mut ipam_rx = crate::ipam_server::listen(&self.opts.state_dir)?;
         let mut done_rx = self.done_rx.take().expect("run once");
         let last = self.log.last_seq().await?;
+        self.load_snapshot(last).await;
         if last < self.state.seq {
             let why = format!(
                 "the stream ends at {last}, before this node's position {}",
@@ -211,11 +279,27 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
         loop {
             tokio::select! {
                 m = sub.next() => {
-                    let Some(m) = m else { anyhow::bail!("subscription ended") };
-                    let mut dirty = self.fold(&m?);
+                    let m = match m {
+                        Some(Ok(m)) => m,
+                        // The server restarted or the connection broke: subscribe again
+                        // from our position (bounded pause between attempts).
+                        other => {
+                            let why = match other {
+                                Some(Err(e)) => e.to_string(),
+                                _ => "the subscription ended".into(),
+                            };
+                            tracing::warn!("event stream: {why}; subscribing again from {}", self.state.seq + 1);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            if let Ok(s) = self.log.subscribe(&self.subjects.events(), self.state.seq + 1).await {
+                                sub = s;
+                            }
+                            continue;
+                        }
+                    };
+                    let mut dirty = self.fold(&m);
                     // Fold whatever else is ready before reconciling once.
-                    while let Some(Some(m)) = sub.next().now_or_never() {
-                        dirty |= self.fold(&m?);
+                    while let Some(Some(Ok(m))) = sub.next().now_or_never() {
+                        dirty |= self.fold(&m);
                     }
                     if dirty {
                         self.reconcile().await;
@@ -232,6 +316,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
                     self.drive_instances();
                 }
                 _ = tick.tick() => {
+                    self.save_snapshot().await;
                     self.reconcile().await;
                     self.check_instances().await;
                     self.release_stale(&mut sub).await;
@@ -243,6 +328,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
                 }
                 _ = &mut shutdown => {
                     self.save_local();
+                    self.save_snapshot().await;
                     let _ = std::fs::remove_file(self.opts.state_dir.join(crate::cni::IPAM_SOCKET));
                     return Ok(());
                 }

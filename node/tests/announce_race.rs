@@ -52,6 +52,12 @@ impl EventLog for Racing {
     ) -> Result<futures::stream::BoxStream<'static, Result<Stored, LogError>>, LogError> {
         self.log.subscribe(filter, from).await
     }
+    async fn put_snapshot(&self, name: &str, bytes: Vec<u8>) -> Result<(), LogError> {
+        self.log.put_snapshot(name, bytes).await
+    }
+    async fn get_snapshot(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
+        self.log.get_snapshot(name).await
+    }
 }
 
 #[tokio::test]

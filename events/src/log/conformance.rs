@@ -316,6 +316,32 @@ pub async fn concurrent_writers_all_land<L: EventLog + Clone + 'static>(log: &L)
     assert_eq!(nets.len(), 10, "8 declared + default + lo");
 }
 
+/// Snapshots: none under a name never written; a put is read back whole, a second put
+/// replaces the first, names do not mix.
+pub async fn snapshots<L: EventLog>(log: &L) {
+    // A name no earlier run on the same server used.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!("conformance-{}-{nanos}", std::process::id());
+    let other = format!("{name}.other");
+    assert_eq!(log.get_snapshot(&name).await.unwrap(), None);
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    log.put_snapshot(&name, big.clone()).await.unwrap();
+    log.put_snapshot(&other, b"other".to_vec()).await.unwrap();
+    assert_eq!(log.get_snapshot(&name).await.unwrap(), Some(big));
+    log.put_snapshot(&name, b"second".to_vec()).await.unwrap();
+    assert_eq!(
+        log.get_snapshot(&name).await.unwrap(),
+        Some(b"second".to_vec())
+    );
+    assert_eq!(
+        log.get_snapshot(&other).await.unwrap(),
+        Some(b"other".to_vec())
+    );
+}
+
 /// Runs every check, each on a fresh log from `make`.
 pub async fn run_all<L, F, Fut>(make: F)
 where
@@ -331,6 +357,7 @@ where
     unknown_kinds_are_skipped(&make("unknown_kinds").await).await;
     lost_ack_is_recognised_by_event_id(&make("lost_ack").await).await;
     concurrent_writers_all_land(&make("concurrent").await).await;
+    snapshots(&make("snapshots").await).await;
 }
 
 #[cfg(test)]
