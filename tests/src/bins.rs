@@ -18,7 +18,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// The reason to skip when the binaries are not built.
 pub fn missing() -> Option<String> {
-    ["om", "om-projector", "om-node"]
+    ["om", "om-projector", "om-node", "om-ipam"]
         .iter()
         .find(|b| !bin(b).exists())
         .map(|b| {

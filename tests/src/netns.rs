@@ -141,20 +141,34 @@ impl Netns {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        let path = self.path();
-        let handle = std::thread::Builder::new()
-            .name(format!("in-{}", self.name))
-            .spawn(move || -> Result<T> {
-                let ns = File::open(&path).with_context(|| format!("open {}", path.display()))?;
-                setns(&ns, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("setns {}", path.display()))?;
-                Ok(f())
-            })
-            .context("spawn namespace thread")?;
-        match handle.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        run_in_path(self.path(), f)
+    }
+}
+
+/// Runs `f` on a new OS thread that entered the network namespace at `path` (a
+/// `/var/run/netns` file, or `/proc/<pid>/root/run/netns/<name>` for one mounted in
+/// another process's mount namespace).
+pub fn run_in_path<T, F>(path: PathBuf, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let label: String = path
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(12).collect())
+        .unwrap_or_default();
+    let handle = std::thread::Builder::new()
+        .name(format!("in-{label}"))
+        .spawn(move || -> Result<T> {
+            let ns = File::open(&path).with_context(|| format!("open {}", path.display()))?;
+            setns(&ns, CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns {}", path.display()))?;
+            Ok(f())
+        })
+        .context("spawn namespace thread")?;
+    match handle.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 

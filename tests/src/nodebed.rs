@@ -55,6 +55,7 @@ impl Bins {
                 ))
             }
         };
+        ours("om-ipam")?;
         Ok(Bins {
             om: ours("om")?,
             om_node: ours("om-node")?,
@@ -230,6 +231,33 @@ pub struct OmNode {
 }
 
 impl OmNode {
+    /// A command run in the daemon's mount namespace. The bed starts each daemon with
+    /// `ip netns exec HOST`, which gives it a mount namespace of its own: the object
+    /// namespaces it creates (`ip netns add`) are mounted there, not in the test's, so they
+    /// are looked at from there (on a real node the daemon runs in the root namespaces).
+    pub fn command(&self, program: &str) -> Result<std::process::Command> {
+        let pid = self.pid()?;
+        let mut c = std::process::Command::new("nsenter");
+        c.args(["--target", &pid.to_string(), "--mount", "--", program]);
+        Ok(c)
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> Result<u32> {
+        self.proc
+            .as_ref()
+            .and_then(|p| p.pid())
+            .with_context(|| format!("om-node {} does not run", self.name))
+    }
+
+    /// The path of an object namespace the daemon created, as seen from its mount namespace.
+    pub fn netns_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(PathBuf::from(format!(
+            "/proc/{}/root/run/netns/{name}",
+            self.pid()?
+        )))
+    }
+
     /// Whether it runs.
     pub fn running(&self) -> bool {
         self.proc.is_some()
@@ -298,6 +326,30 @@ impl Options {
     }
 }
 
+/// nats-server in the router namespace (0.0.0.0 there is its loopback and underlay
+/// addresses), its store and log in `dir`.
+fn nats_proc(bins: &Bins, router: &str, dir: &Path) -> Result<Proc> {
+    Proc::spawn(
+        "nats-server",
+        &os(&[
+            &"ip",
+            &"netns",
+            &"exec",
+            &router,
+            &bins.nats_server,
+            &"-js",
+            &"-a",
+            &"0.0.0.0",
+            &"-p",
+            &NATS_PORT.to_string(),
+            &"-sd",
+            &dir.join("nats-store"),
+        ]),
+        &[],
+        &dir.join("nats-server.log"),
+    )
+}
+
 fn os(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
     args.iter().map(|a| a.as_ref().to_os_string()).collect()
 }
@@ -316,27 +368,7 @@ impl<'a> NodeBed<'a> {
         std::fs::create_dir_all(&dir.0)?;
         let cluster = format!("e2e{}", std::process::id());
         let router = bed.router.name();
-        let nats_log = dir.0.join("nats-server.log");
-        // In the router namespace only: 0.0.0.0 there is its loopback and underlay addresses.
-        let mut nats = Proc::spawn(
-            "nats-server",
-            &os(&[
-                &"ip",
-                &"netns",
-                &"exec",
-                &router,
-                &bins.nats_server,
-                &"-js",
-                &"-a",
-                &"0.0.0.0",
-                &"-p",
-                &NATS_PORT.to_string(),
-                &"-sd",
-                &dir.0.join("nats-store"),
-            ]),
-            &[],
-            &nats_log,
-        )?;
+        let mut nats = nats_proc(&bins, router, &dir.0)?;
         let local = format!("nats://127.0.0.1:{NATS_PORT}");
         wait_ready(&local, Ready::JetStream, READY_TIMEOUT, async || {
             nats.exited()
@@ -476,6 +508,61 @@ impl<'a> NodeBed<'a> {
         let i = self.index(node);
         let mut p = self.nodes[i].proc.take().context("not running")?;
         p.stop(Duration::from_secs(5))
+    }
+
+    /// Kills `node`'s daemon with SIGKILL: no chance to save anything.
+    pub fn kill_node(&mut self, node: &str) -> Result<()> {
+        let i = self.index(node);
+        let p = self.nodes[i].proc.take().context("not running")?;
+        drop(p); // Proc's drop is kill(2) SIGKILL + wait.
+        Ok(())
+    }
+
+    /// Stops the server (SIGTERM), starts it again on the same store, and waits until
+    /// JetStream answers.
+    pub async fn restart_nats(&mut self) -> Result<()> {
+        self.stop_nats()?;
+        self.start_nats().await
+    }
+
+    /// Stops the server (SIGTERM) until [`start_nats`](Self::start_nats).
+    pub fn stop_nats(&mut self) -> Result<()> {
+        self.nats.stop(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// Starts the server again on the same store, waiting until JetStream answers.
+    pub async fn start_nats(&mut self) -> Result<()> {
+        self.nats = self.spawn_nats()?;
+        let local = format!("nats://127.0.0.1:{NATS_PORT}");
+        let nats = &mut self.nats;
+        wait_ready(&local, Ready::JetStream, READY_TIMEOUT, async || {
+            nats.exited()
+        })
+        .await
+        .with_context(|| format!("nats-server log:\n{}", self.nats.log_tail(20)))?;
+        Ok(())
+    }
+
+    fn spawn_nats(&self) -> Result<Proc> {
+        nats_proc(&self.bins, self.bed.router.name(), &self.dir.0)
+    }
+
+    /// Runs `om ARGS` on `node`'s host (connection flags first); its status, stdout and
+    /// stderr, whatever the exit code.
+    pub async fn om_on(&self, node: &str, args: &[&str]) -> Result<std::process::Output> {
+        let n = self.node(node);
+        let host = &self.bed.hosts[n.host];
+        tokio::process::Command::new("ip")
+            .args(["netns", "exec", host.ns.name()])
+            .arg(&self.bins.om)
+            .args(["--server", &n.url, "--cluster", &self.cluster])
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("spawn om")
     }
 
     /// Fails when a daemon (or the server) died.

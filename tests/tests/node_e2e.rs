@@ -14,10 +14,8 @@
 //! `cargo test --release -p om-tests --test node_e2e -- --nocapture` (as root).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
@@ -25,7 +23,7 @@ use om_events::view::NetworkStatus;
 use om_events::State;
 use om_node::dataplane::{Dataplane, LinkFilter, LinkKind, RtnetlinkDataplane, OM_ROUTE_PROTOCOL};
 use om_node::desired::vxlan_vni;
-use om_tests::netns::cni::{cni_skip_reason, CNI_BIN_DIR};
+use om_tests::netns::cni::{self, cni_skip_reason, CNI_BIN_DIR};
 use om_tests::netns::{reap_stale, wait_ping, Netns, TestBed};
 use om_tests::nodebed::{in_netns, skip_reason, Bins, NodeBed, Options};
 use om_tests::skip::skip;
@@ -285,30 +283,7 @@ struct Container {
 }
 
 fn cni(host: &str, plugin: &Path, conf: &str, command: &str, ns: &Netns) -> anyhow::Result<String> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", host])
-        .arg(plugin)
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", ns.name())
-        .env("CNI_NETNS", ns.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", CNI_BIN_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().unwrap().write_all(conf.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    anyhow::ensure!(
-        out.status.success(),
-        "{} {command} exited with {}: {} {}",
-        plugin.display(),
-        out.status,
-        stdout.trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(stdout)
+    cni::invoke(host, plugin, conf, command, ns)
 }
 
 impl Container {

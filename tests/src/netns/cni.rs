@@ -26,6 +26,48 @@ pub fn cni_skip_reason() -> Option<String> {
     None
 }
 
+/// Runs `plugin` (a path) as a container runtime would: in the host namespace `host`,
+/// `CNI_COMMAND=command` for container `ns` (its name is the container id), interface
+/// `eth0`, `conf` on stdin, `CNI_PATH` holding the Debian plugins and the project's own
+/// binaries (`om-ipam`). Its stdout when it succeeds; an error naming the plugin, the
+/// command, the exit status and both outputs otherwise.
+pub fn invoke(host: &str, plugin: &Path, conf: &str, command: &str, ns: &Netns) -> Result<String> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", host])
+        .arg(plugin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", ns.name())
+        .env("CNI_NETNS", ns.path())
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_PATH",
+            format!("{CNI_BIN_DIR}:{}", crate::bins::bin_dir().display()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {}", plugin.display()))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(conf.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{} {command} of {} exited with {}: {} {}",
+            plugin.display(),
+            ns.name(),
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(stdout)
+}
+
 /// A CNI network of type `bridge` on one host namespace. Leases live in a directory of
 /// their own, removed when the network and all its containers are gone.
 #[derive(Debug, Clone)]

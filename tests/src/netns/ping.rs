@@ -20,6 +20,17 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, src: Option<Ipv4Addr>, timeout: Duration)
         .map_err(|e| anyhow::anyhow!("ping {dst} in {}: {e}", ns.name()))
 }
 
+/// [`ping`] from the namespace at `path` (see [`super::run_in_path`]).
+pub fn ping_at(
+    path: &std::path::Path,
+    dst: Ipv4Addr,
+    src: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> Result<bool> {
+    super::run_in_path(path.to_path_buf(), move || echo(dst, src, timeout))?
+        .map_err(|e| anyhow::anyhow!("ping {dst} in {}: {e}", path.display()))
+}
+
 /// Pings once per `interval`-bounded attempt until a reply or `deadline` elapses; returns
 /// how long it took. The bounded probe the tests use instead of sleeping.
 pub fn wait_ping(
