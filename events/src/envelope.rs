@@ -1,10 +1,11 @@
 //! The envelope around every event, and its CBOR codec.
 //!
-//! Wire form: a CBOR map `{v, id, t, actor, cluster, kind, data}`. Decoding is in two steps so
-//! that a reader meets unknown kinds and newer schemas gracefully: the envelope is read with
-//! `data` as an opaque CBOR value, then `data` is read as the payload of `kind`. A reader skips
-//! (never crashes on) an unknown kind or a schema newer than [`SCHEMA_VERSION`]; older schemas
-//! are upcast. Trailing bytes after the map are an error (ciborium ignores them by default).
+//! Wire form: a CBOR map `{v, id, t, actor, cluster, kind, data}`. A reader meets unknown
+//! kinds and newer schemas gracefully: it skips (never crashes on) an unknown kind or a schema
+//! newer than [`SCHEMA_VERSION`]; older schemas are upcast. Decoding reads `data` straight
+//! into the payload type of `kind` when `v` and `kind` come first (as this code writes them),
+//! else in two steps (`data` as an opaque CBOR value first). Trailing bytes after the map are
+//! an error (ciborium ignores them by default).
 //!
 //! Schema history:
 //! - v1: keyword changes were `config.set` events `{set: {key: value}, unset: [key]}`, cluster
@@ -113,7 +114,25 @@ impl Envelope {
     }
 
     /// Decodes one message: an event, or a reason to skip it.
+    ///
+    /// One pass when the writer put `v` and `kind` before `data` (this code always does):
+    /// `data` is read straight into the payload type of `kind`. Otherwise, or on any error,
+    /// the two-step decode below decides, so both paths give the same answer and the error
+    /// texts come from one place.
     pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        let mut reader = bytes;
+        if let Ok(one) = ciborium::from_reader::<OnePass, _>(&mut reader) {
+            if reader.is_empty() {
+                return Ok(one.0);
+            }
+        }
+        Self::decode_two_steps(bytes)
+    }
+
+    /// The envelope with `data` as a generic CBOR value, then `data` as the payload of
+    /// `kind`: copes with any field order. [`decode`](Self::decode) falls back to it; public
+    /// so tests can check that both agree.
+    pub fn decode_two_steps(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let mut reader = bytes;
         let wire: Wire<ciborium::Value> = ciborium::from_reader(&mut reader)
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -162,6 +181,113 @@ impl Envelope {
             cluster: wire.cluster,
             schema: wire.v,
             event,
+        }))
+    }
+}
+
+/// The one-pass decode of [`Envelope::decode`]: fails (and the caller falls back) when
+/// `data` comes before `v` or `kind`, or on anything unexpected.
+struct OnePass(Decoded);
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    V,
+    Id,
+    T,
+    Actor,
+    Cluster,
+    Kind,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for OnePass {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(OnePassVisitor)
+    }
+}
+
+struct OnePassVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OnePassVisitor {
+    type Value = OnePass;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event envelope map")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OnePass, A::Error> {
+        use serde::de::{Error, IgnoredAny};
+        let (mut v, mut id, mut t, mut actor, mut cluster) = (None, None, None, None, None);
+        let mut kind: Option<String> = None;
+        // Some(None): a message to skip (unknown kind, newer schema).
+        let mut event: Option<Option<Event>> = None;
+        // A field twice is an error here, as in the two-step decode (which then reports it).
+        fn once<T, E: Error>(slot: &mut Option<T>, value: T) -> Result<(), E> {
+            match slot.replace(value) {
+                None => Ok(()),
+                Some(_) => Err(E::custom("duplicate field")),
+            }
+        }
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::V => once(&mut v, map.next_value::<u32>()?)?,
+                Field::Id => once(&mut id, map.next_value::<Uuid>()?)?,
+                Field::T => once(&mut t, map.next_value::<u64>()?)?,
+                Field::Actor => once(&mut actor, map.next_value::<String>()?)?,
+                Field::Cluster => once(&mut cluster, map.next_value::<String>()?)?,
+                Field::Kind => once(&mut kind, map.next_value::<String>()?)?,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Field::Data => {
+                    if event.is_some() {
+                        return Err(A::Error::custom("duplicate field"));
+                    }
+                    let (Some(k), Some(ver)) = (kind.as_deref(), v) else {
+                        return Err(A::Error::custom("data before v and kind"));
+                    };
+                    if ver > SCHEMA_VERSION {
+                        map.next_value::<IgnoredAny>()?;
+                        event = Some(None);
+                        continue;
+                    }
+                    event = Some(Some(match (k, ver) {
+                        ("config.set", 1) => upcast_v1_config_set(map.next_value()?),
+                        ("config.changed", _) => Event::ConfigChanged(map.next_value()?),
+                        ("node.announced", _) => Event::NodeAnnounced(map.next_value()?),
+                        ("node.applied", _) => Event::NodeApplied(map.next_value()?),
+                        ("ip.allocated", _) => Event::IpAllocated(map.next_value()?),
+                        ("ip.released", _) => Event::IpReleased(map.next_value()?),
+                        ("object.changed", _) => Event::ObjectChanged(map.next_value()?),
+                        ("object.target", _) => Event::ObjectTarget(map.next_value()?),
+                        ("instance.status", _) => Event::InstanceStatus(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            event = Some(None);
+                            continue;
+                        }
+                    }));
+                }
+            }
+        }
+        let missing = || A::Error::custom("missing field");
+        let (schema, kind) = (v.ok_or_else(missing)?, kind.ok_or_else(missing)?);
+        let (id, time_ms) = (id.ok_or_else(missing)?, t.ok_or_else(missing)?);
+        let (actor, cluster) = (actor.ok_or_else(missing)?, cluster.ok_or_else(missing)?);
+        Ok(OnePass(match event.ok_or_else(missing)? {
+            Some(event) => Decoded::Event(Envelope {
+                id,
+                time_ms,
+                actor,
+                cluster,
+                schema,
+                event,
+            }),
+            None if schema > SCHEMA_VERSION => Decoded::Skipped(Skip::NewerSchema { kind, schema }),
+            None => Decoded::Skipped(Skip::UnknownKind { kind, schema }),
         }))
     }
 }
@@ -293,6 +419,39 @@ mod tests {
                 schema: SCHEMA_VERSION + 1
             }))
         );
+    }
+
+    #[test]
+    fn data_before_kind_decodes_the_same() {
+        // Another writer's field order: `data` first. The one-pass decode cannot know the
+        // payload type yet; the two-step decode reads it.
+        let env = sample();
+        #[derive(Serialize)]
+        struct DataFirst<'a> {
+            data: &'a Event,
+            kind: &'a str,
+            cluster: &'a str,
+            actor: &'a str,
+            t: u64,
+            id: Uuid,
+            v: u32,
+        }
+        let mut out = Vec::new();
+        ciborium::into_writer(
+            &DataFirst {
+                data: &env.event,
+                kind: env.event.kind(),
+                cluster: &env.cluster,
+                actor: &env.actor,
+                t: env.time_ms,
+                id: env.id,
+                v: env.schema,
+            },
+            &mut out,
+        )
+        .unwrap();
+        assert!(ciborium::from_reader::<OnePass, _>(&out[..]).is_err());
+        assert_eq!(Envelope::decode(&out), Ok(Decoded::Event(env)));
     }
 
     #[test]
