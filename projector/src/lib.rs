@@ -14,7 +14,7 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use om_events::jetstream::{JetStreamLog, SnapshotStore};
 use om_events::log::fold_stored;
 use om_events::query::{self, Answer, Reply, Request};
@@ -171,14 +171,31 @@ async fn consume(
         tokio::select! {
             m = messages.next() => {
                 let Some(m) = m else { anyhow::bail!("consumer stream ended") };
-                let m = m.map_err(|e| anyhow::anyhow!("consumer: {e}"))?;
-                let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                let mut m = m.map_err(|e| anyhow::anyhow!("consumer: {e}"))?;
+                // Fold this message and whatever else is ready (up to a bound, so queries
+                // wait little) under one write lock.
                 let mut st = shared.state.write().await;
-                if seq > st.seq {
-                    let stored = om_events::log::Stored { seq, subject: m.subject.to_string(), payload: m.payload.to_vec() };
-                    fold_stored(&mut st, &stored);
-                    shared.applied.send_replace(st.seq);
+                let mut budget = 4096;
+                loop {
+                    let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                    if seq > st.seq {
+                        let stored = om_events::log::Stored { seq, subject: m.subject.to_string(), payload: m.payload.to_vec() };
+                        fold_stored(&mut st, &stored);
+                    }
+                    budget -= 1;
+                    if budget == 0 {
+                        break;
+                    }
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(next))) => m = next,
+                        Some(Some(Err(e))) => {
+                            shared.applied.send_replace(st.seq);
+                            anyhow::bail!("consumer: {e}");
+                        }
+                        Some(None) | None => break,
+                    }
                 }
+                shared.applied.send_replace(st.seq);
                 drop(st);
                 unacked = Some(m);
             }
@@ -252,6 +269,9 @@ pub async fn answer(shared: &Shared, req: &Request, max_wait: Duration) -> Reply
     }
 }
 
+/// Pause between two looks of the reaper at the state.
+const REAP_PAUSE: Duration = Duration::from_millis(50);
+
 /// The single authority that releases the leases of nodes removed from `cluster.nodes`
 /// (each release conditioned on its subject's last sequence, so it happens exactly once,
 /// whoever else tries), then frees their segments.
@@ -270,6 +290,10 @@ async fn reap(log: JetStreamLog, shared: Shared) {
         if rx.changed().await.is_err() {
             return;
         }
+        // At most one look every REAP_PAUSE: the check reads the whole state under the lock
+        // the fold needs, and a replay changes the state at every event.
+        tokio::time::sleep(REAP_PAUSE).await;
+        rx.mark_unchanged();
         let todo = {
             let st = shared.state.read().await;
             !om_events::ipam::orphaned(&st).is_empty()
