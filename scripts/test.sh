@@ -10,7 +10,7 @@ export OM_SKIP_FILE="$PWD/target/skipped.txt"
 rm -f "$OM_SKIP_FILE"
 # Real-server tests share two cores: keep test binaries from starving each other.
 set +e
-cargo test --release --workspace -- --test-threads=2 2>&1 | tee target/test-output.txt
+cargo test --release --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary. A test that skipped itself at run time (see

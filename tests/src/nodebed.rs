@@ -193,7 +193,9 @@ impl Drop for Scratch {
     }
 }
 
-/// Removes `omt<pid>-nodebed` scratch directories of processes that are gone (a run
+static BEDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Removes `omt<pid>-nodebed<k>` scratch directories of processes that are gone (a run
 /// killed before its guards could drop).
 pub fn reap_stale_dirs() {
     let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -203,8 +205,8 @@ pub fn reap_stale_dirs() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name
             .strip_prefix("omt")
-            .and_then(|r| r.strip_suffix("-nodebed"))
-            .and_then(|p| p.parse::<u32>().ok());
+            .and_then(|r| r.split_once("-nodebed"))
+            .and_then(|(p, _)| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
@@ -363,10 +365,14 @@ impl<'a> NodeBed<'a> {
             bail!("NodeBed::start must run on a thread in the router namespace (in_netns)");
         }
         reap_stale_dirs();
-        let dir = Scratch(std::env::temp_dir().join(format!("{}nodebed", crate::netns::prefix())));
+        // Beds of one process (tests run in parallel) differ by a counter: their scratch
+        // directories, stores, cluster names and object namespaces never meet.
+        let k = BEDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            Scratch(std::env::temp_dir().join(format!("{}nodebed{k}", crate::netns::prefix())));
         let _ = std::fs::remove_dir_all(&dir.0);
         std::fs::create_dir_all(&dir.0)?;
-        let cluster = format!("e2e{}", std::process::id());
+        let cluster = format!("e2e{}-{k}", std::process::id());
         let router = bed.router.name();
         let mut nats = nats_proc(&bins, router, &dir.0)?;
         let local = format!("nats://127.0.0.1:{NATS_PORT}");
