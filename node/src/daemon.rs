@@ -6,9 +6,10 @@
 //! recreated or purged past it) makes the daemon rebuild from the first event, saying so.
 //!
 //! The same fold is also saved beside the stream as the snapshot `node-<name>` (JetStream's
-//! object store; schema version and stream sequence inside), on every period tick when it
-//! moved and at shutdown, so a node that lost its disk (reinstalled, new state directory)
-//! starts from it and replays only the tail. The newer of the two wins.
+//! object store; schema version and stream sequence inside), at most every
+//! [`SNAPSHOT_EVERY`] when it moved, and at shutdown, so a node that lost its disk
+//! (reinstalled, new state directory) starts from it and replays only the tail. The newer
+//! of the two wins.
 
 use crate::dataplane::Dataplane;
 use crate::desired::{self, desired, Facts};
@@ -58,6 +59,12 @@ pub type IpamCall = (ipam_proto::Request, oneshot::Sender<ipam_proto::Reply>);
 
 type Sub = BoxStream<'static, Result<Stored, LogError>>;
 
+/// Least time between two snapshots saved beside the stream (shutdown always saves).
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a snapshot save may hold the daemon's loop while the server does not answer.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long an IPAM request keeps retrying while the event log is unreachable.
 const IPAM_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -73,6 +80,13 @@ struct Local {
 struct NodeSnapshot {
     relevant_seq: u64,
     state: State,
+}
+
+/// [`NodeSnapshot`] borrowed, to save without cloning the state.
+#[derive(Serialize)]
+struct NodeSnapshotRef<'a> {
+    relevant_seq: u64,
+    state: &'a State,
 }
 
 /// Name of a node daemon's snapshot in the snapshot store.
@@ -104,8 +118,9 @@ pub struct Daemon<D, L> {
     reported: BTreeMap<String, InstanceStatus>,
     done_tx: mpsc::UnboundedSender<InstanceStatus>,
     done_rx: Option<mpsc::UnboundedReceiver<InstanceStatus>>,
-    /// Sequence of the last snapshot saved beside the stream.
+    /// Sequence and time of the last snapshot saved beside the stream.
     snapshot_seq: u64,
+    snapshot_at: Option<Instant>,
 }
 
 impl<D: Dataplane, L: EventLog> Daemon<D, L> {
@@ -134,6 +149,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
             done_tx,
             done_rx: Some(done_rx),
             snapshot_seq: 0,
+            snapshot_at: None,
         }
     }
 
@@ -194,22 +210,33 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
         }
     }
 
-    /// Saves the fold beside the stream when it moved since the last save.
-    async fn save_snapshot(&mut self) {
-        if self.state.seq == self.snapshot_seq {
+    /// Saves the fold beside the stream when it moved since the last save, and (unless
+    /// `now`) the last save is at least [`SNAPSHOT_EVERY`] old.
+    async fn save_snapshot(&mut self, now: bool) {
+        if self.state.seq == self.snapshot_seq
+            || (!now
+                && self
+                    .snapshot_at
+                    .is_some_and(|t| t.elapsed() < SNAPSHOT_EVERY))
+        {
             return;
         }
         let name = snapshot_name(&self.opts.node);
         let bytes = om_events::snapshot::encode(
             self.state.seq,
-            &NodeSnapshot {
+            &NodeSnapshotRef {
                 relevant_seq: self.relevant_seq,
-                state: self.state.clone(),
+                state: &self.state,
             },
         );
-        match self.log.put_snapshot(&name, bytes).await {
-            Ok(()) => self.snapshot_seq = self.state.seq,
-            Err(e) => tracing::warn!("save snapshot {name} at {}: {e}", self.state.seq),
+        self.snapshot_at = Some(Instant::now());
+        match tokio::time::timeout(SNAPSHOT_TIMEOUT, self.log.put_snapshot(&name, bytes)).await {
+            Ok(Ok(())) => self.snapshot_seq = self.state.seq,
+            Ok(Err(e)) => tracing::warn!("save snapshot {name} at {}: {e}", self.state.seq),
+            Err(_) => tracing::warn!(
+                "save snapshot {name} at {}: no answer within {SNAPSHOT_TIMEOUT:?}",
+                self.state.seq
+            ),
         }
     }
 
@@ -316,7 +343,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
                     self.drive_instances();
                 }
                 _ = tick.tick() => {
-                    self.save_snapshot().await;
+                    self.save_snapshot(false).await;
                     self.reconcile().await;
                     self.check_instances().await;
                     self.release_stale(&mut sub).await;
@@ -328,7 +355,7 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
                 }
                 _ = &mut shutdown => {
                     self.save_local();
-                    self.save_snapshot().await;
+                    self.save_snapshot(true).await;
                     let _ = std::fs::remove_file(self.opts.state_dir.join(crate::cni::IPAM_SOCKET));
                     return Ok(());
                 }
