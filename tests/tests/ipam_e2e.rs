@@ -613,8 +613,25 @@ async fn crashes(nb: &mut NodeBed<'_>) {
         let (host, conf, x) = (host.clone(), conf.clone(), x.clone());
         tokio::task::spawn_blocking(move || cni(&host, &conf, "ADD", &x))
     };
-    // The ADD is on its way to (or waiting in) the daemon while the server is down.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bounded probe: the daemon tried to record the allocation and failed at least once
+    // (it says so in its log) before the server comes back.
+    let log = nb.node("n1").log.clone();
+    let failures = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(".ev.ipam.backend1.n1: ") && l.contains("; retrying"))
+            .count()
+    };
+    let before = failures();
+    let probe = Instant::now();
+    while failures() == before {
+        assert!(
+            probe.elapsed() < WAIT,
+            "om-node n1 never tried the append while the server was down"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     nb.start_nats().await.unwrap();
     let res = add.await.unwrap();
     res.unwrap_or_else(|e| panic!("ADD across the server restart: {e}"));
