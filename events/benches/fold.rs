@@ -105,6 +105,25 @@ fn main() {
         sample.len()
     );
 
+    // Decode time by kind (same sample): where the decode time goes.
+    let mut by_kind = std::collections::BTreeMap::<&str, (usize, usize, Duration)>::new();
+    let step_env = step;
+    for (m, env) in sample.iter().zip(envelopes.iter().step_by(step_env)) {
+        let t = Instant::now();
+        black_box(Envelope::decode(black_box(&m.payload)).ok());
+        let e = by_kind.entry(env.event.kind()).or_default();
+        e.0 += 1;
+        e.1 += m.payload.len();
+        e.2 += t.elapsed();
+    }
+    for (kind, (n, bytes, d)) in &by_kind {
+        println!(
+            "  decode {kind:<16} {n:>7} events  {:>4} bytes/event  {:>6.2} µs/event",
+            bytes / n,
+            d.as_secs_f64() * 1e6 / *n as f64
+        );
+    }
+
     let (best, median) = time(FOLD_ROUNDS, || {
         let mut st = State::default();
         let t = Instant::now();
