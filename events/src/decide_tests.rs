@@ -571,3 +571,18 @@ fn node_get_sees_the_node_view() {
         Some("1.2.3.4")
     );
 }
+
+#[test]
+fn addr_is_an_ip_address_or_a_host_name_never_a_broken_address() {
+    let s = given(&[BACKEND1, &["cluster.nodes=node1 node2"]]);
+    assert_eq!(
+        err(&s, set(None, &["network#backend1.addr@node1=1.2.3.999"])),
+        "network#backend1.addr@node1=1.2.3.999: neither an IP address nor a host name, expected an IP address or a host name"
+    );
+    assert!(decide(&s, &set(None, &["network#backend1.addr@node1=192.0.2.11"])).is_ok());
+    assert!(decide(
+        &s,
+        &set(None, &["network#backend1.addr@node1=node1.example.com"])
+    )
+    .is_ok());
+}

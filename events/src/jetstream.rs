@@ -44,8 +44,16 @@ pub struct ConnectArgs {
     #[arg(long, global = true, env = "OM_NATS_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
     /// Replicas of the cluster's stream when it is created (1 to 5).
-    #[arg(long, global = true, env = "OM_STREAM_REPLICAS", default_value_t = 1)]
+    #[arg(long, global = true, env = "OM_STREAM_REPLICAS", default_value_t = 1, value_parser = parse_replicas)]
     pub replicas: usize,
+}
+
+/// `--replicas`: JetStream keeps 1 to 5 copies of a stream.
+fn parse_replicas(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=5).contains(&n) => Ok(n),
+        _ => Err(format!("{v:?} is not a replica count, expected 1 to 5")),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -375,6 +383,9 @@ impl JetStreamLog {
 
 pub use crate::snapshot::Snapshot;
 
+/// Attempts of a snapshot read or write before its error is returned.
+const SNAPSHOT_ATTEMPTS: u32 = 3;
+
 /// Snapshots of folded states in the JetStream object store `OM_SNAP_<cluster>`, one object
 /// per reader (`projector`, `node-<name>`), so a cold start replays only the tail.
 #[derive(Clone)]
@@ -412,30 +423,49 @@ impl SnapshotStore {
         Ok(bytes.len())
     }
 
-    /// Saves already encoded snapshot bytes under `name`.
+    /// Saves already encoded snapshot bytes under `name`. A bucket just created on a
+    /// clustered server may not answer yet: a failed attempt is retried twice (bounded).
     pub async fn put_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), LogError> {
-        self.store
-            .put(name, &mut &bytes[..])
-            .await
-            .map_err(|e| LogError::Other(format!("save snapshot {name}: {e}")))?;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.store.put(name, &mut &bytes[..]).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt >= SNAPSHOT_ATTEMPTS => {
+                    return Err(LogError::Other(format!("save snapshot {name}: {e}")))
+                }
+                Err(e) => tracing::debug!("save snapshot {name}, attempt {attempt}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+        }
     }
 
-    /// The bytes saved under `name`; `None` when there are none.
+    /// The bytes saved under `name`; `None` when there are none. Retried like
+    /// [`put_bytes`](Self::put_bytes).
     pub async fn get_bytes(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
         use tokio::io::AsyncReadExt;
-        let mut obj = match self.store.get(name).await {
-            Ok(o) => o,
-            Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
-                return Ok(None)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let why = match self.store.get(name).await {
+                Ok(mut obj) => {
+                    let mut bytes = Vec::new();
+                    match obj.read_to_end(&mut bytes).await {
+                        Ok(_) => return Ok(Some(bytes)),
+                        Err(e) => format!("read snapshot {name}: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
+                    return Ok(None)
+                }
+                Err(e) => format!("load snapshot {name}: {e}"),
+            };
+            if attempt >= SNAPSHOT_ATTEMPTS {
+                return Err(LogError::Other(why));
             }
-            Err(e) => return Err(LogError::Other(format!("load snapshot {name}: {e}"))),
-        };
-        let mut bytes = Vec::new();
-        obj.read_to_end(&mut bytes)
-            .await
-            .map_err(|e| LogError::Other(format!("read snapshot {name}: {e}")))?;
-        Ok(Some(bytes))
+            tracing::debug!("{why} (attempt {attempt})");
+            tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+        }
     }
 
     /// Loads the snapshot `name`; `Ok(None)` when there is none, or when it was written by

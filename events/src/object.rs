@@ -180,13 +180,57 @@ fn check_value(key: &str, option: &str, value: &str) -> Result<(), String> {
             ))
         }
         "expose" => {
+            let mut published = std::collections::BTreeSet::new();
             for w in words(value) {
-                parse_expose(&w).map_err(|e| format!("{key}={w}: {e}"))?;
+                let e = parse_expose(&w).map_err(|e| format!("{key}={w}: {e}"))?;
+                let host = (e.host_port.unwrap_or(e.port), e.proto);
+                if !published.insert(host) {
+                    return Err(format!(
+                        "{key}={value}: host port {}/{} published twice, expected each host port once",
+                        host.0,
+                        host.1.as_str()
+                    ));
+                }
             }
             Ok(())
         }
         _ => Ok(()),
     }
+}
+
+/// `ip#N.network` names a network where addresses come from CNI: a bridge or
+/// routed_bridge network declared in the cluster layer or in some node's layer.
+fn check_network(state: &State, key: &str, name: &str) -> Result<(), String> {
+    use crate::network::{networks, NetType};
+    let mut usable = std::collections::BTreeSet::new();
+    let mut found = None;
+    let views = std::iter::once(None).chain(state.config.nodes.keys().map(|n| Some(n.as_str())));
+    for view in views {
+        for n in networks(&state.config, view) {
+            if matches!(n.ntype, NetType::Bridge | NetType::RoutedBridge) && n.cidr.is_some() {
+                usable.insert(n.name.clone());
+            }
+            if n.name == name {
+                found = Some(n.ntype);
+            }
+        }
+    }
+    if usable.contains(name) {
+        return Ok(());
+    }
+    let list: Vec<&str> = usable.iter().map(String::as_str).collect();
+    let expected = if list.is_empty() {
+        "a bridge or routed_bridge network, and none is declared".to_string()
+    } else {
+        format!("a bridge or routed_bridge network: {}", list.join(", "))
+    };
+    Err(match found {
+        Some(t) => format!(
+            "{key}={name}: a {} network gives no CNI addresses, expected {expected}",
+            t.as_str()
+        ),
+        None => format!("{key}={name}: no such network, expected {expected}"),
+    })
 }
 
 /// A namespace name (letters, digits, `.`, `_`, `-`), an absolute path without `..`, or
@@ -325,6 +369,12 @@ pub fn decide_set(
         if let Err(e) = check_value(key, option, &new) {
             errors.push(e);
             continue;
+        }
+        if option == "network" {
+            if let Err(e) = check_network(state, key, &new) {
+                errors.push(e);
+                continue;
+            }
         }
         if new.is_empty() && option != "netns" {
             cfg.remove(key);
@@ -568,7 +618,25 @@ mod tests {
 
     #[test]
     fn set_validates_and_records_only_changes() {
-        let st = State::default();
+        use crate::event::{Change, ConfigChanged, Event, Origin};
+        let mut st = State::default();
+        let change = |key: &str, value: &str| Change {
+            node: None,
+            key: key.into(),
+            value: Some(value.into()),
+            origin: Origin::Operator,
+        };
+        st.apply(
+            1,
+            0,
+            &Event::ConfigChanged(ConfigChanged {
+                changes: vec![
+                    change("network#backend1.type", "routed_bridge"),
+                    change("network#backend1.network", "10.11.0.0/16"),
+                    change("network#default.network", "none"),
+                ],
+            }),
+        );
         let ev = decide_set(
             &st,
             "testbackend/svc/s1",
@@ -602,5 +670,27 @@ mod tests {
             ]
         );
         assert!(decide_set(&st, "bad path", &["ip#0.type=cni".into()]).is_err());
+        // The network must exist and give CNI addresses; a host port is published once.
+        let err = |kw: &str| decide_set(&st, "s2", &[kw.into()]).unwrap_err().errors;
+        let expected = "expected a bridge or routed_bridge network: backend1";
+        assert_eq!(
+            err("ip#0.network=nosuch"),
+            [format!("ip#0.network=nosuch: no such network, {expected}")]
+        );
+        assert_eq!(
+            err("ip#0.network=default"),
+            [format!("ip#0.network=default: no such network, {expected}")]
+        );
+        assert_eq!(
+            err("ip#0.network=lo"),
+            [format!(
+                "ip#0.network=lo: a loopback network gives no CNI addresses, {expected}"
+            )]
+        );
+        assert_eq!(
+            err("ip#0.expose=80/tcp:8001 81/tcp:8001"),
+            ["ip#0.expose=80/tcp:8001 81/tcp:8001: host port 8001/tcp published twice, expected each host port once"]
+        );
+        assert!(decide_set(&st, "s2", &["ip#0.expose=80/tcp:8001 80/udp:8001".into()]).is_ok());
     }
 }

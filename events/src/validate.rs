@@ -85,7 +85,9 @@ fn check_network_value(
             _ => bad("not a prefix length"),
         },
         "addr" => {
-            if v.parse::<IpAddr>().is_ok() || valid_node_name(v) {
+            // All digits and dots: meant as an IPv4 address (no host name is all numeric).
+            let numeric = v.chars().all(|c| c.is_ascii_digit() || c == '.');
+            if v.parse::<IpAddr>().is_ok() || (!numeric && valid_node_name(v)) {
                 Ok(())
             } else {
                 bad("neither an IP address nor a host name")
