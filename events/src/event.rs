@@ -223,7 +223,12 @@ impl Event {
                         }
                         (None, Origin::Derived) if ch.key.contains(".subnet@") => {
                             let node = ch.key.rsplit('@').next().unwrap_or("");
-                            format!("free the segment of {node}")
+                            let net = ch
+                                .key
+                                .strip_prefix("network#")
+                                .and_then(|k| k.split_once(".subnet@"))
+                                .map_or("", |(n, _)| n);
+                            format!("free the {net} segment of {node}")
                         }
                         (Some(v), _) => format!("set {}={v}{scope}", ch.key),
                         (None, _) => format!("unset {}{scope}", ch.key),
@@ -294,5 +299,33 @@ fn owner_label(o: &Owner) -> String {
         format!("container {} {}", o.container_id, o.ifname)
     } else {
         format!("{} {}", o.path, o.rid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_summaries_name_the_network_when_freeing() {
+        let derived = |key: &str, value: Option<&str>| Change {
+            node: None,
+            key: key.into(),
+            value: value.map(str::to_string),
+            origin: Origin::Derived,
+        };
+        let ev = Event::ConfigChanged(ConfigChanged {
+            changes: vec![
+                derived("network#backend1.subnet@node2", Some("10.11.4.0/22")),
+                derived("network#backend1.subnet@node3", None),
+            ],
+        });
+        assert_eq!(
+            ev.summary(),
+            [
+                "assign 10.11.4.0/22 to node2",
+                "free the backend1 segment of node3"
+            ]
+        );
     }
 }
