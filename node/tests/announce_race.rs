@@ -7,58 +7,16 @@
 
 use ipnet::IpNet;
 use om_events::decide::{parse_set, Command};
-use om_events::log::{execute, Ack, EventLog, LogError, MemoryLog, Stored};
+mod common;
+
+use common::Hooked;
+use om_events::log::{execute, EventLog, MemoryLog};
 use om_events::subjects::Subjects;
 use om_events::State;
 use om_node::dataplane::{Dataplane, LinkFilter, MemoryDataplane};
 use om_node::sim::spawn;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// A log that stores `before` just ahead of the first append made through it.
-#[derive(Clone)]
-struct Racing {
-    log: MemoryLog,
-    before: Arc<Vec<Stored>>,
-    done: Arc<AtomicBool>,
-}
-
-impl EventLog for Racing {
-    async fn append(
-        &self,
-        subject: &str,
-        expected: Option<u64>,
-        msg_id: &str,
-        payload: Vec<u8>,
-    ) -> Result<Ack, LogError> {
-        if !self.done.swap(true, Ordering::SeqCst) {
-            for m in self.before.iter() {
-                self.log.inject(&m.subject, m.payload.clone());
-            }
-        }
-        self.log.append(subject, expected, msg_id, payload).await
-    }
-    async fn read(&self, filter: &str, from: u64) -> Result<Vec<Stored>, LogError> {
-        self.log.read(filter, from).await
-    }
-    async fn last_seq(&self) -> Result<u64, LogError> {
-        self.log.last_seq().await
-    }
-    async fn subscribe(
-        &self,
-        filter: &str,
-        from: u64,
-    ) -> Result<futures::stream::BoxStream<'static, Result<Stored, LogError>>, LogError> {
-        self.log.subscribe(filter, from).await
-    }
-    async fn put_snapshot(&self, name: &str, bytes: Vec<u8>) -> Result<(), LogError> {
-        self.log.put_snapshot(name, bytes).await
-    }
-    async fn get_snapshot(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
-        self.log.get_snapshot(name).await
-    }
-}
 
 #[tokio::test]
 async fn an_event_stored_just_before_the_announcement_is_not_skipped() {
@@ -83,10 +41,9 @@ async fn an_event_stored_just_before_the_announcement_is_not_skipped() {
     .await
     .unwrap();
     let before = side.read(&s.events(), 1).await.unwrap();
-    let log = Racing {
-        log: MemoryLog::default(),
-        before: Arc::new(before),
-        done: Arc::new(AtomicBool::new(false)),
+    let log = Hooked {
+        before_first_append: Arc::new(Mutex::new(before)),
+        ..Hooked::default()
     };
     let a: IpNet = "192.0.2.11/24".parse().unwrap();
     let dp = Arc::new(MemoryDataplane::like_this_kernel().with_interface("eth0", &[a]));

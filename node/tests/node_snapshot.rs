@@ -5,7 +5,10 @@
 
 use ipnet::IpNet;
 use om_events::decide::{parse_set, Command};
-use om_events::log::{catch_up, execute, Ack, EventLog, LogError, MemoryLog, Stored};
+mod common;
+
+use common::Hooked;
+use om_events::log::{catch_up, execute, EventLog, MemoryLog};
 use om_events::snapshot::Snapshot;
 use om_events::subjects::Subjects;
 use om_events::State;
@@ -13,47 +16,8 @@ use om_node::daemon::snapshot_name;
 use om_node::dataplane::{Dataplane, LinkFilter, MemoryDataplane, OM_ROUTE_PROTOCOL};
 use om_node::sim::spawn;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// A log that records where each subscription starts.
-#[derive(Clone)]
-struct Recording {
-    log: MemoryLog,
-    froms: Arc<Mutex<Vec<u64>>>,
-}
-
-impl EventLog for Recording {
-    async fn append(
-        &self,
-        subject: &str,
-        expected: Option<u64>,
-        msg_id: &str,
-        payload: Vec<u8>,
-    ) -> Result<Ack, LogError> {
-        self.log.append(subject, expected, msg_id, payload).await
-    }
-    async fn read(&self, filter: &str, from: u64) -> Result<Vec<Stored>, LogError> {
-        self.log.read(filter, from).await
-    }
-    async fn last_seq(&self) -> Result<u64, LogError> {
-        self.log.last_seq().await
-    }
-    async fn subscribe(
-        &self,
-        filter: &str,
-        from: u64,
-    ) -> Result<futures::stream::BoxStream<'static, Result<Stored, LogError>>, LogError> {
-        self.froms.lock().unwrap().push(from);
-        self.log.subscribe(filter, from).await
-    }
-    async fn put_snapshot(&self, name: &str, bytes: Vec<u8>) -> Result<(), LogError> {
-        self.log.put_snapshot(name, bytes).await
-    }
-    async fn get_snapshot(&self, name: &str) -> Result<Option<Vec<u8>>, LogError> {
-        self.log.get_snapshot(name).await
-    }
-}
 
 async fn run(log: &MemoryLog, s: &Subjects, kws: &[String]) -> u64 {
     let cmd = Command::Set {
@@ -120,7 +84,7 @@ async fn a_node_that_lost_its_disk_starts_from_its_snapshot() {
     let dir = &dir.0;
     let cni = dir.join("net.d");
     let state_dir = |n: &str| -> PathBuf { dir.join(n) };
-    let start = |sd: &Path, log: Recording| {
+    let start = |sd: &Path, log: Hooked| {
         spawn(
             "n1",
             host(),
@@ -130,9 +94,9 @@ async fn a_node_that_lost_its_disk_starts_from_its_snapshot() {
             Duration::from_secs(600),
         )
     };
-    let rec = |log: &MemoryLog| Recording {
+    let rec = |log: &MemoryLog| Hooked {
         log: log.clone(),
-        froms: Arc::default(),
+        ..Hooked::default()
     };
 
     // First life: the node folds the history and saves its snapshot when it stops.
@@ -179,7 +143,7 @@ async fn a_node_that_lost_its_disk_starts_from_its_snapshot() {
     let second_log = rec(&log);
     let second = start(&state_dir("b"), second_log.clone());
     applied(&log, &s, seq).await;
-    assert_eq!(second_log.froms.lock().unwrap()[0], saved + 1);
+    assert_eq!(second_log.subscribed_from.lock().unwrap()[0], saved + 1);
     let after = plumbing(&second.dp).await;
     assert_eq!(
         after.1,
@@ -214,7 +178,7 @@ async fn a_node_that_lost_its_disk_starts_from_its_snapshot() {
     // It reconciled as of the last change that matters to it.
     assert_eq!(out.seq, seq, "{out:?}");
     assert_eq!(out.errors, Vec::<String>::new());
-    assert_eq!(third_log.froms.lock().unwrap()[0], 1);
+    assert_eq!(third_log.subscribed_from.lock().unwrap()[0], 1);
     assert_eq!(plumbing(&third.dp).await, after);
     third.stop().await.unwrap();
     // It saved its own (current schema) snapshot when it stopped.
