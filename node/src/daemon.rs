@@ -205,7 +205,6 @@ impl<D: Dataplane, L: EventLog> Daemon<D, L> {
                 self.state.seq
             );
             self.state = snap.state.state;
-            self.state.seq = snap.seq;
             self.relevant_seq = snap.state.relevant_seq;
         }
     }

@@ -132,6 +132,17 @@ async fn om(nb: &NodeBed<'_>, node: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `om PATH set --kw ip#0.type=cni --kw ip#0.network=NETWORK` on n1.
+async fn set_cni(nb: &NodeBed<'_>, path: &str, network: &str) -> String {
+    let net = format!("ip#0.network={network}");
+    om(
+        nb,
+        "n1",
+        &[path, "set", "--kw", "ip#0.type=cni", "--kw", &net],
+    )
+    .await
+}
+
 fn path(i: usize) -> String {
     format!("testbackend/svc/s{i}")
 }
@@ -226,21 +237,7 @@ async fn services(nb: &mut NodeBed<'_>) {
     let shared: &NodeBed<'_> = nb;
     let sets = (0..60).map(|i| {
         let p = path(i);
-        async move {
-            om(
-                shared,
-                "n1",
-                &[
-                    &p,
-                    "set",
-                    "--kw",
-                    "ip#0.type=cni",
-                    "--kw",
-                    "ip#0.network=backend1",
-                ],
-            )
-            .await
-        }
+        async move { set_cni(shared, &p, "backend1").await }
     });
     futures::future::join_all(sets).await;
     step("60 objects configured", t.elapsed());
@@ -320,19 +317,7 @@ async fn services(nb: &mut NodeBed<'_>) {
     let mut tiny = Vec::new();
     for i in 0..6 {
         let p = format!("tiny/svc/t{i}");
-        om(
-            nb,
-            "n1",
-            &[
-                &p,
-                "set",
-                "--kw",
-                "ip#0.type=cni",
-                "--kw",
-                "ip#0.network=tiny",
-            ],
-        )
-        .await;
+        set_cni(nb, &p, "tiny").await;
         let out = nb
             .om_on("n1", &[&p, "start", "--node", "n1"])
             .await
